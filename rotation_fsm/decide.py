@@ -1,0 +1,572 @@
+"""The core: (input, book view, market, rules, now) → effects. Pure, no I/O.
+
+The shell loads a `BookView` from Redis, fetches a `Market` snapshot, calls
+`decide_batch`, and commits the returned effects in one atomic step. Replay
+feeds recorded inputs to the same function with an in-memory view. The view
+is updated from the effects themselves (`BookView.apply`), so a batch decides
+each entry against what the entries before it already did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import msgspec
+
+from . import reasons as R
+from .machine import FINAL, IN_FLIGHT, State, Trigger, fire
+from .market import Account, Kline, Position
+from .messages import (
+    ClosePlan,
+    Decision,
+    Event,
+    Plan,
+    PlanRecord,
+    Reservation,
+    Result,
+    RotationRecord,
+    to_fields,
+)
+from .regime import Regime, RegimeReading, classify
+from .settings import Rules
+from .slots import (
+    PolicyError,
+    beats_threshold,
+    close_plan_id,
+    desired_slots,
+    occupied,
+    over_margin,
+    parse_universe,
+    too_correlated,
+    weakest,
+)
+
+# ---------------------------------------------------------------- inputs
+
+
+class PlanIn(msgspec.Struct, frozen=True, tag="plan"):
+    entry_id: str
+    plan: Plan
+
+
+class ResultIn(msgspec.Struct, frozen=True, tag="result"):
+    entry_id: str
+    result: Result
+
+
+class Tick(msgspec.Struct, frozen=True, tag="tick"):
+    """The timer saw this rotation's deadline pass."""
+
+    rotation_id: str
+
+
+class BadIn(msgspec.Struct, frozen=True, tag="bad"):
+    """An entry that could not be parsed: dead-lettered with `error`, bytes kept as read."""
+
+    stream: str  # "plans" | "results"
+    entry_id: str
+    fields: dict[bytes, bytes]
+    error: str
+
+
+Input = PlanIn | ResultIn | Tick | BadIn
+
+# ---------------------------------------------------------------- effects
+
+
+class Emit(msgspec.Struct, frozen=True, tag="emit"):
+    """Append to a stream; `stream` is a logical name: plans, events, dlq, audit."""
+
+    stream: str
+    fields: dict[str, str]
+
+
+class Decided(msgspec.Struct, frozen=True, tag="decided"):
+    """A decision entry, plus its keys: permit (first ALLOW only) or block."""
+
+    decision: Decision
+    permit: bool = False
+
+
+class SaveRotation(msgspec.Struct, frozen=True, tag="rotation"):
+    """Persist a rotation; in-flight set, deadline, lock key and close index follow
+    from its state, so they are derived by the store rather than stated twice."""
+
+    record: RotationRecord
+
+
+class DeadLetter(msgspec.Struct, frozen=True, tag="dead_letter"):
+    """Original fields (bytes, as read) plus `error`, `entry_id`, `stream` on the DLQ."""
+
+    stream: str
+    entry_id: str
+    fields: dict[bytes, bytes]
+    error: str
+
+    def entry(self) -> dict[bytes, bytes]:
+        """The DLQ entry; originals named like our meta fields are kept as `orig_…`."""
+        meta = {b"error": self.error.encode(), b"entry_id": self.entry_id.encode(),
+                b"stream": self.stream.encode()}
+        out = {(b"orig_" + k if k in meta else k): v for k, v in self.fields.items()}
+        out.update(meta)
+        return out
+
+
+class ForgetDeadline(msgspec.Struct, frozen=True, tag="forget_deadline"):
+    rotation_id: str
+
+
+class SavePlan(msgspec.Struct, frozen=True, tag="plan_record"):
+    record: PlanRecord
+
+
+class Reserve(msgspec.Struct, frozen=True, tag="reserve"):
+    symbol: str
+    reservation: Reservation
+
+
+class Release(msgspec.Struct, frozen=True, tag="release"):
+    symbol: str
+
+
+class SetConfidence(msgspec.Struct, frozen=True, tag="confidence"):
+    symbol: str
+    confidence: float
+
+
+class Ack(msgspec.Struct, frozen=True, tag="ack"):
+    stream: str  # "plans" | "results"
+    entry_id: str
+
+
+Effect = (
+    Emit | Decided | SaveRotation | DeadLetter | ForgetDeadline | SavePlan | Reserve | Release
+    | SetConfidence | Ack
+)
+
+# ---------------------------------------------------------------- state
+
+
+class Market(msgspec.Struct, kw_only=True):
+    """What the exchange said for one batch (or what was recorded, in replay).
+
+    `klines[symbol]` is None when fetching failed. `positions` is None when the
+    positions could not be had; `account` likewise.
+    """
+
+    positions: list[Position] | None = None
+    positions_error: str = ""
+    account: Account | None = None
+    account_error: str = ""
+    klines: dict[str, list[Kline] | None] = msgspec.field(default_factory=dict)
+
+    def reading(self, symbol: str) -> RegimeReading:
+        return classify(self.klines.get(symbol) or [])
+
+    @property
+    def open_symbols(self) -> frozenset[str]:
+        return frozenset(p.symbol for p in self.positions or [])
+
+
+@dataclass
+class BookView:
+    """The part of a book's Redis state one batch needs, and the outputs so far."""
+
+    version: int = 0
+    policy_raw: bytes | str | None = None
+    reservations: dict[str, Reservation] = field(default_factory=dict)
+    inflight: set[str] = field(default_factory=set)
+    rotations: dict[str, RotationRecord] = field(default_factory=dict)
+    plans: dict[str, PlanRecord] = field(default_factory=dict)
+    close_index: dict[str, str] = field(default_factory=dict)
+    entry_confidence: dict[str, float] = field(default_factory=dict)
+
+    def rotation_targets(self) -> frozenset[str]:
+        return frozenset(
+            self.rotations[r].close_symbol for r in self.inflight if r in self.rotations
+        )
+
+    def apply(self, effect: Effect) -> None:
+        """Update the view as committing `effect` would update Redis."""
+        match effect:
+            case SaveRotation(record=rec):
+                self.rotations[rec.rotation_id] = rec
+                self.close_index[rec.close_plan_id] = rec.rotation_id
+                if rec.state in IN_FLIGHT:
+                    self.inflight.add(rec.rotation_id)
+                else:
+                    self.inflight.discard(rec.rotation_id)
+            case SavePlan(record=rec):
+                self.plans[rec.plan_id] = rec
+            case Reserve(symbol=sym, reservation=res):
+                self.reservations[sym] = res
+            case Release(symbol=sym):
+                self.reservations.pop(sym, None)
+            case SetConfidence(symbol=sym, confidence=value):
+                self.entry_confidence[sym] = value
+            case _:
+                pass
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _ts(now_ms: int) -> str:
+    return f"{now_ms / 1000:.3f}"
+
+
+@dataclass
+class _Ctx:
+    """One decision's inputs, with the derived numbers computed at most once."""
+
+    view: BookView
+    market: Market
+    rules: Rules
+    now_ms: int
+    plan: Plan
+    entry_id: str
+
+    @cached_property
+    def reading(self) -> RegimeReading:
+        return self.market.reading(self.plan.symbol)
+
+    @cached_property
+    def desired(self) -> int:
+        return desired_slots(self.reading.regime, self.rules)
+
+    @cached_property
+    def taken(self) -> frozenset[str]:
+        return occupied(
+            self.market.open_symbols, self.view.reservations, self.view.rotation_targets()
+        )
+
+    @property
+    def free(self) -> int:
+        return max(0, self.desired - len(self.taken))
+
+
+def _decision(
+    plan_id: str, symbol: str, action: str, verdict: str, reason: str, now_ms: int, *,
+    regime: str = "", desired: int = 0, free: int = 0, rotation_id: str = "",
+    entry_id: str = "",
+) -> Decision:
+    return Decision(
+        plan_id=plan_id, symbol=symbol, action=action, decision=verdict, reason=reason,
+        regime=regime, desired_slots=desired, open_slots=free, timestamp=_ts(now_ms),
+        rotation_id=rotation_id or None, entry_id=entry_id or None,
+    )
+
+
+def _answer(
+    ctx: _Ctx, verdict: str, reason: str, *, final: bool, with_slots: bool = True,
+    rotation_id: str = "",
+) -> list[Effect]:
+    """Decide `ctx.plan`: decision entry, permit on a first ALLOW, plan record, ack."""
+    plan, rules = ctx.plan, ctx.rules
+    regime = ctx.reading.regime.value if with_slots else ""
+    desired = ctx.desired if with_slots else 0
+    free = ctx.free if with_slots else 0
+    decision = _decision(
+        plan.plan_id, plan.symbol, plan.action, verdict, reason, ctx.now_ms, regime=regime,
+        desired=desired, free=free, rotation_id=rotation_id, entry_id=ctx.entry_id,
+    )
+    record = PlanRecord(
+        plan_id=plan.plan_id, symbol=plan.symbol, action=plan.action, decision=verdict,
+        reason=reason, final=final, rotation_id=rotation_id, confidence=plan.confidence,
+        regime=regime, desired_slots=desired, entries=[ctx.entry_id], decided_ms=ctx.now_ms,
+    )
+    effects: list[Effect] = [
+        Decided(decision, permit=verdict == R.ALLOW and rules.issue_permits),
+        SavePlan(record),
+    ]
+    if verdict == R.ALLOW and plan.confidence is not None and not plan.is_close:
+        effects.append(SetConfidence(plan.symbol, plan.confidence))
+    return effects
+
+
+def _answer_again(ctx: _Ctx, record: PlanRecord, reason: str) -> list[Effect]:
+    """A resend: the recorded answer again; no second permit, no second rotation."""
+    decision = _decision(
+        record.plan_id, ctx.plan.symbol, ctx.plan.action, record.decision or R.BLOCK, reason,
+        ctx.now_ms, regime=record.regime, desired=record.desired_slots,
+        rotation_id=record.rotation_id, entry_id=ctx.entry_id,
+    )
+    updated = msgspec.structs.replace(record, entries=[*record.entries[-15:], ctx.entry_id])
+    return [Decided(decision, permit=False), SavePlan(updated)]
+
+
+# ---------------------------------------------------------------- plans
+
+
+def decide_plan(ctx: _Ctx) -> list[Effect]:
+    """Contract §3a, in its order of checks. Returns effects without the ack."""
+    plan, view, rules, market = ctx.plan, ctx.view, ctx.rules, ctx.market
+    record = view.plans.get(plan.plan_id)
+    if record is not None and record.final:
+        return _answer_again(ctx, record, record.reason)
+    if record is not None and record.rotation_id in view.inflight:
+        return _answer_again(
+            ctx, msgspec.structs.replace(record, decision=R.BLOCK), R.WAITING_ROTATION_CLOSE
+        )
+    if plan.is_close:
+        return _answer(ctx, R.ALLOW, R.CLOSE_EXEMPT, final=True, with_slots=False)
+    if not rules.slots_enabled:
+        return _answer(ctx, R.ALLOW, R.SLOTS_DISABLED, final=True, with_slots=False)
+    if rules.entries_paused:
+        return _answer(ctx, R.BLOCK, R.PAUSED, final=False, with_slots=False)
+    try:
+        universe = parse_universe(view.policy_raw)
+    except PolicyError:
+        return _answer(ctx, R.BLOCK, R.NO_POLICY, final=True, with_slots=False)
+    if plan.symbol not in universe:
+        return _answer(ctx, R.BLOCK, R.NOT_IN_UNIVERSE, final=True, with_slots=False)
+    if market.positions is None or (rules.margin_gate_on and market.account is None):
+        return _answer(ctx, R.BLOCK, R.POSITIONS_UNAVAILABLE, final=False, with_slots=False)
+    if market.account is not None and rules.margin_gate_on and over_margin(
+        market.account, rules.max_margin_usage
+    ):
+        return _answer(ctx, R.BLOCK, R.MARGIN_CAP, final=False)
+    if plan.symbol in market.open_symbols or plan.symbol in view.reservations:
+        return _answer(ctx, R.ALLOW, R.SLOT_ALREADY_HELD, final=True)
+    blocked = _correlation_block(ctx)
+    if blocked is not None:
+        return blocked
+    if ctx.free > 0:
+        effects = _answer(ctx, R.ALLOW, R.SLOTS_AVAILABLE, final=True)
+        effects.append(_reserve(plan, rules, ctx.now_ms))
+        return effects
+    return _rotate_or_block(ctx)
+
+
+def _reserve(plan: Plan, rules: Rules, now_ms: int) -> Reserve:
+    until = now_ms + int(rules.reservation_ttl_s * 1000)
+    return Reserve(plan.symbol, Reservation(plan_id=plan.plan_id, until_ms=until))
+
+
+def _correlation_block(ctx: _Ctx) -> list[Effect] | None:
+    if not ctx.rules.correlation_gate_on:
+        return None
+    others = ctx.market.open_symbols - {ctx.plan.symbol}
+    if not others:
+        return None
+    own = ctx.market.klines.get(ctx.plan.symbol)
+    series = {s: ctx.market.klines.get(s) for s in others}
+    if own is None or any(v is None for v in series.values()):
+        # Klines we could not fetch are not "no correlation": fail closed.
+        return _answer(ctx, R.BLOCK, R.POSITIONS_UNAVAILABLE, final=False)
+    hit = too_correlated(own, {s: v for s, v in series.items() if v is not None},
+                         ctx.rules.max_correlation)
+    if hit is None:
+        return None
+    return _answer(ctx, R.BLOCK, R.CORRELATION_TOO_HIGH, final=False)
+
+
+def _rotate_or_block(ctx: _Ctx) -> list[Effect]:
+    plan, view, rules, market, now_ms = ctx.plan, ctx.view, ctx.rules, ctx.market, ctx.now_ms
+    excluded = frozenset({plan.symbol}) | view.rotation_targets() | frozenset(view.reservations)
+    target = weakest(market.positions or [], now_ms, excluded=excluded)
+    if target is None:
+        return _answer(ctx, R.BLOCK, R.NO_ROTATION_CANDIDATE, final=False)
+    if len(view.inflight) >= rules.max_concurrent_rotations:
+        return _answer(ctx, R.BLOCK, R.ROTATION_IN_PROGRESS, final=False)
+    if not beats_threshold(
+        plan.confidence, view.entry_confidence.get(target.symbol), rules.rotation_threshold
+    ):
+        return _answer(ctx, R.BLOCK, R.NO_ROTATION_CANDIDATE, final=False)
+    return _start_rotation(ctx, target)
+
+
+def _start_rotation(ctx: _Ctx, target: Position) -> list[Effect]:
+    plan, now_ms = ctx.plan, ctx.now_ms
+    rotation_id = f"{plan.plan_id}@{now_ms}"
+    short = f"rot_{plan.plan_id[:8]}_{target.symbol}"
+    close_id = close_plan_id(plan.plan_id, target.symbol, ctx.view.close_index.get(short),
+                             rotation_id)
+    locked = fire(State.IDLE, Trigger.LOCK)
+    emitted = fire(str(locked), Trigger.EMIT_CLOSE)
+    record = RotationRecord(
+        rotation_id=rotation_id, state=str(emitted), version=1, new_plan_id=plan.plan_id,
+        new_symbol=plan.symbol, new_action=plan.action, new_confidence=plan.confidence,
+        close_symbol=target.symbol, close_plan_id=close_id,
+        close_weakness=round(target.weakness(now_ms), 8), created_ms=now_ms,
+        deadline_ms=now_ms + int(ctx.rules.lock_ttl_s * 1000), updated_ms=now_ms,
+        regime=ctx.reading.regime.value, desired_slots=ctx.desired,
+        trigger_entry_id=ctx.entry_id,
+        history=[[now_ms, Trigger.LOCK.value, locked], [now_ms, Trigger.EMIT_CLOSE.value,
+                                                         emitted]],
+        snapshot=[[p.symbol, round(p.pnl_pct, 8), round(p.weakness(now_ms), 8)]
+                  for p in ctx.market.positions or []],
+    )
+    close = ClosePlan(
+        plan_id=close_id, symbol=target.symbol, action="FULL_CLOSE_PROPOSED", side="CLOSE",
+        qty="0", reduceOnly="true", decision="EXECUTE", source="rotation-fsm", kill_score="0",
+        rotation_trigger="true", new_symbol=plan.symbol, new_plan_id=plan.plan_id,
+        timestamp=_ts(now_ms), rotation_id=rotation_id,
+    )
+    return [
+        Emit("plans", to_fields(close)),
+        SaveRotation(record),
+        Emit("events", to_fields(_event(R.EV_LOCK_CREATED, record, now_ms))),
+        *_answer(ctx, R.BLOCK, R.WAITING_ROTATION_CLOSE, final=False, rotation_id=rotation_id),
+    ]
+
+
+def _event(name: str, rec: RotationRecord, now_ms: int, **extra: str) -> Event:
+    return Event(
+        event=name, new_symbol=rec.new_symbol, new_plan_id=rec.new_plan_id,
+        close_symbol=rec.close_symbol, close_plan_id=rec.close_plan_id, timestamp=_ts(now_ms),
+        rotation_id=rec.rotation_id, state=rec.state, **extra,
+    )
+
+
+# ---------------------------------------------------------------- rotation ends
+
+
+def _moved(rec: RotationRecord, trigger: Trigger, state: str, now_ms: int) -> RotationRecord:
+    """The record after `trigger` took it to `state` (history appended, version bumped)."""
+    ended = now_ms if state in FINAL and rec.state not in FINAL else rec.ended_ms
+    return msgspec.structs.replace(
+        rec, state=state, version=rec.version + 1, updated_ms=now_ms, ended_ms=ended,
+        history=[*rec.history, [now_ms, trigger.value, state]],
+    )
+
+
+def _end_decision(
+    rec: RotationRecord, view: BookView, rules: Rules, verdict: str, reason: str, now_ms: int
+) -> list[Effect]:
+    """The waiting plan's final answer when its rotation ends (it is not sent again)."""
+    waiting = view.plans.get(rec.new_plan_id)
+    decision = _decision(
+        rec.new_plan_id, rec.new_symbol, rec.new_action, verdict, reason, now_ms,
+        regime=rec.regime, desired=rec.desired_slots, rotation_id=rec.rotation_id,
+    )
+    record = PlanRecord(
+        plan_id=rec.new_plan_id, symbol=rec.new_symbol, action=rec.new_action,
+        decision=verdict, reason=reason, final=True, rotation_id=rec.rotation_id,
+        confidence=rec.new_confidence, regime=rec.regime, desired_slots=rec.desired_slots,
+        entries=waiting.entries if waiting else [], decided_ms=now_ms,
+    )
+    return [Decided(decision, permit=verdict == R.ALLOW and rules.issue_permits),
+            SavePlan(record)]
+
+
+def _confirm(rec: RotationRecord, view: BookView, rules: Rules, now_ms: int) -> list[Effect]:
+    done = _moved(rec, Trigger.CONFIRM, State.CONFIRMED, now_ms)
+    effects: list[Effect] = [
+        SaveRotation(done),
+        Emit("events", to_fields(_event(R.EV_COMPLETE, done, now_ms))),
+        *_end_decision(done, view, rules, R.ALLOW, R.ROTATION_COMPLETE, now_ms),
+        Reserve(done.new_symbol, Reservation(
+            plan_id=done.new_plan_id, until_ms=now_ms + int(rules.reservation_ttl_s * 1000))),
+    ]
+    if done.new_confidence is not None:
+        effects.append(SetConfidence(done.new_symbol, done.new_confidence))
+    return effects
+
+
+def _end_blocked(
+    rec: RotationRecord, trigger: Trigger, state: State, event: str, reason: str,
+    view: BookView, rules: Rules, now_ms: int, **extra: str,
+) -> list[Effect]:
+    done = _moved(rec, trigger, state, now_ms)
+    return [
+        SaveRotation(done),
+        Emit("events", to_fields(_event(event, done, now_ms, **extra))),
+        *_end_decision(done, view, rules, R.BLOCK, reason, now_ms),
+    ]
+
+
+def decide_result(result: Result, view: BookView, rules: Rules, now_ms: int) -> list[Effect]:
+    """A result: confirm/reject/late-confirm a rotation, or end a reservation."""
+    rotation_id = view.close_index.get(result.plan_id)
+    rec = view.rotations.get(rotation_id) if rotation_id else None
+    if rec is None:
+        held = [s for s, r in view.reservations.items() if r.plan_id == result.plan_id]
+        if held and not result.executed:
+            return [Release(held[0])]
+        return []
+    facts = {"executed": result.executed, "reduce_only": result.reduce_only,
+             "late_confirmed": rec.late_confirmed_ms > 0}
+    if rec.state == State.CLOSE_EMITTED:
+        if fire(rec.state, Trigger.CONFIRM, **facts):
+            return _confirm(rec, view, rules, now_ms)
+        if fire(rec.state, Trigger.REJECT, **facts):
+            return _end_blocked(rec, Trigger.REJECT, State.CLOSE_REJECTED, R.EV_CLOSE_REJECTED,
+                                R.ROTATION_CLOSE_REJECTED, view, rules, now_ms)
+        return []  # executed but not reduce-only: not a confirmation (contract §2)
+    if rec.state in (State.TIMED_OUT, State.ABORTED) and fire(
+        rec.state, Trigger.LATE_CONFIRM, **facts
+    ):
+        late = msgspec.structs.replace(
+            _moved(rec, Trigger.LATE_CONFIRM, rec.state, now_ms), late_confirmed_ms=now_ms
+        )
+        return [SaveRotation(late),
+                Emit("events", to_fields(_event(R.EV_LATE_CONFIRM, late, now_ms)))]
+    return []  # a redelivery after the rotation already moved on
+
+
+def decide_tick(rotation_id: str, view: BookView, rules: Rules, now_ms: int) -> list[Effect]:
+    """The timer's tick: time the rotation out if it is still in flight and overdue."""
+    rec = view.rotations.get(rotation_id)
+    if rec is None:
+        return [ForgetDeadline(rotation_id)]
+    if rec.state not in IN_FLIGHT:
+        return [ForgetDeadline(rotation_id)]
+    if not fire(rec.state, Trigger.TIMEOUT, now_ms=now_ms, deadline_ms=rec.deadline_ms):
+        return []
+    lock_age = f"{(now_ms - rec.created_ms) / 1000:.3f}"
+    return _end_blocked(rec, Trigger.TIMEOUT, State.TIMED_OUT, R.EV_TIMEOUT,
+                        R.ROTATION_TIMEOUT, view, rules, now_ms, lock_age=lock_age)
+
+
+# ---------------------------------------------------------------- batches
+
+
+def expire_reservations(view: BookView, market: Market, now_ms: int) -> list[Effect]:
+    """Reservations that ended: past their TTL, or their symbol is now a position."""
+    opened = market.open_symbols if market.positions is not None else frozenset()
+    return [Release(sym) for sym, res in sorted(view.reservations.items())
+            if res.until_ms <= now_ms or sym in opened]
+
+
+def decide_one(
+    item: Input, view: BookView, market: Market, rules: Rules, now_ms: int
+) -> list[Effect]:
+    """Effects of one input, ack included."""
+    match item:
+        case PlanIn(entry_id=entry_id, plan=plan):
+            record = view.plans.get(plan.plan_id)
+            if not plan.is_execute or (record is not None and entry_id in record.entries):
+                return [Ack("plans", entry_id)]  # not ours to gate, or a redelivery
+            ctx = _Ctx(view, market, rules, now_ms, plan, entry_id)
+            return [*decide_plan(ctx), Ack("plans", entry_id)]
+        case ResultIn(entry_id=entry_id, result=result):
+            return [*decide_result(result, view, rules, now_ms), Ack("results", entry_id)]
+        case Tick(rotation_id=rotation_id):
+            return decide_tick(rotation_id, view, rules, now_ms)
+        case BadIn(stream=stream, entry_id=entry_id, fields=raw, error=error):
+            return [DeadLetter(stream, entry_id, raw, error), Ack(stream, entry_id)]
+    raise TypeError(f"unknown input {item!r}")
+
+
+def decide_batch(
+    inputs: Sequence[Input], view: BookView, market: Market, rules: Rules, now_ms: int
+) -> list[Effect]:
+    """Effects of a whole batch, each input decided after the ones before it."""
+    effects: list[Effect] = expire_reservations(view, market, now_ms)
+    for effect in effects:
+        view.apply(effect)
+    for item in inputs:
+        for effect in decide_one(item, view, market, rules, now_ms):
+            view.apply(effect)
+            effects.append(effect)
+    return effects
+
+
+__all__ = [
+    "Ack", "BadIn", "BookView", "DeadLetter", "Decided", "Effect", "Emit", "ForgetDeadline", "Input",
+    "Market", "PlanIn", "Regime", "Release", "Reserve", "ResultIn", "SaveRotation",
+    "SavePlan", "SetConfidence", "Tick", "decide_batch", "decide_one",
+]

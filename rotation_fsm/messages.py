@@ -1,0 +1,306 @@
+"""Message schemas: stream entries in, decisions/events/close plans out, records kept.
+
+Stream fields are all strings; `parse_plan` / `parse_result` turn one raw entry
+(bytes, as read) into a struct or raise `BadEntry` with a message naming the
+field and value. Output structs turn into flat string fields for XADD with
+`to_fields` (None omitted, bools spelled `true`/`false`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+import msgspec
+
+from .settings import parse_bool
+
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+
+CLOSE_ACTIONS = frozenset({"FULL_CLOSE_PROPOSED", "PARTIAL_75", "PARTIAL_50", "PARTIAL_25"})
+# Which fields must be finite numbers / contract booleans when present, per kind.
+PLAN_NUMBERS = ("qty", "kill_score", "confidence", "timestamp")
+PLAN_BOOLS = ("reduceOnly", "rotation_trigger")
+RESULT_NUMBERS = ("filled_qty", "timestamp")
+RESULT_BOOLS = ("executed", "reduceOnly")
+
+
+class BadEntry(ValueError):
+    """A stream entry that cannot be used; goes to the dead-letter stream."""
+
+
+class Plan(msgspec.Struct, frozen=True, kw_only=True):
+    """An entry of the plan stream (contract §2)."""
+
+    plan_id: NonEmpty
+    symbol: NonEmpty
+    decision: NonEmpty
+    action: str = ""
+    side: str = ""
+    qty: float | None = None
+    reduce_only: bool = msgspec.field(default=False, name="reduceOnly")
+    kill_score: float | None = None
+    timestamp: float | None = None
+    confidence: float | None = None
+    rotation_trigger: bool = False
+    new_symbol: str = ""
+    new_plan_id: str = ""
+    source: str = ""
+
+    @property
+    def is_execute(self) -> bool:
+        return self.decision == "EXECUTE"
+
+    @property
+    def is_close(self) -> bool:
+        return self.reduce_only or self.action in CLOSE_ACTIONS
+
+
+class Result(msgspec.Struct, frozen=True, kw_only=True):
+    """An entry of the result stream (contract §2)."""
+
+    plan_id: NonEmpty
+    symbol: NonEmpty
+    executed: bool
+    reduce_only: bool = msgspec.field(default=False, name="reduceOnly")
+    error: str = ""
+    order_status: str = ""
+    filled_qty: float | None = None
+    timestamp: float | None = None
+
+
+def decode_fields(raw: dict[bytes, bytes] | dict[str, str]) -> dict[str, str]:
+    """Decode one entry's fields strictly as UTF-8; raise BadEntry naming the field."""
+    out: dict[str, str] = {}
+    for key, value in raw.items():
+        try:
+            name = key.decode() if isinstance(key, bytes) else key
+        except UnicodeDecodeError:
+            raise BadEntry(f"invalid UTF-8 in a field name: {key!r}") from None
+        try:
+            out[name] = value.decode() if isinstance(value, bytes) else value
+        except UnicodeDecodeError:
+            raise BadEntry(f"invalid UTF-8 in field {name!r}: {value!r}") from None
+    return out
+
+
+def _check_scalars(
+    fields: dict[str, str], numbers: tuple[str, ...], bools: tuple[str, ...]
+) -> dict[str, Any]:
+    """Numbers must be finite and booleans one of the contract's spellings."""
+    checked: dict[str, Any] = dict(fields)
+    for name in numbers:
+        if name in fields:
+            try:
+                number = float(fields[name])
+            except ValueError:
+                raise BadEntry(f"field {name!r} is not a number: {fields[name]!r}") from None
+            if not math.isfinite(number):
+                raise BadEntry(f"field {name!r} is not a finite number: {fields[name]!r}")
+            checked[name] = number
+    for name in bools:
+        if name in fields:
+            try:
+                checked[name] = parse_bool(fields[name])
+            except ValueError:
+                raise BadEntry(f"field {name!r} is not a boolean: {fields[name]!r}") from None
+    return checked
+
+
+def _convert(
+    fields: dict[str, str], kind: type[Any], numbers: tuple[str, ...], bools: tuple[str, ...]
+) -> Any:
+    try:
+        return msgspec.convert(_check_scalars(fields, numbers, bools), kind, strict=False)
+    except msgspec.ValidationError as exc:
+        raise BadEntry(_friendly(str(exc), fields)) from None
+
+
+def _friendly(message: str, fields: dict[str, str]) -> str:
+    # msgspec says "Object missing required field `plan_id`" or "... - at `$.symbol`";
+    # add the offending value so the dead letter explains itself.
+    if "- at `$." in message:
+        name = message.rsplit("`$.", 1)[1].rstrip("`")
+        return f"{message} (value {fields.get(name)!r})"
+    return message
+
+
+def parse_plan(raw: dict[bytes, bytes] | dict[str, str]) -> Plan:
+    """A plan from one raw stream entry, or BadEntry."""
+    plan: Plan = _convert(decode_fields(raw), Plan, PLAN_NUMBERS, PLAN_BOOLS)
+    return plan
+
+
+def parse_result(raw: dict[bytes, bytes] | dict[str, str]) -> Result:
+    """A result from one raw stream entry, or BadEntry."""
+    result: Result = _convert(decode_fields(raw), Result, RESULT_NUMBERS, RESULT_BOOLS)
+    return result
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def to_fields(struct: msgspec.Struct) -> dict[str, str]:
+    """Flat string fields for XADD: None dropped, bools as true/false, floats repr'd."""
+    out: dict[str, str] = {}
+    for name, value in msgspec.structs.asdict(struct).items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            out[name] = "true" if value else "false"
+        else:
+            out[name] = str(value)
+    return out
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    """One entry of the decision stream (contract §3)."""
+
+    plan_id: str
+    symbol: str
+    action: str
+    decision: str  # ALLOW | BLOCK
+    reason: str
+    regime: str
+    desired_slots: int
+    open_slots: int
+    timestamp: str
+    rotation_id: str | None = None
+    entry_id: str | None = None
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """One entry of the governor event stream (contract §3)."""
+
+    event: str
+    new_symbol: str
+    new_plan_id: str
+    close_symbol: str
+    close_plan_id: str
+    timestamp: str
+    rotation_id: str
+    state: str
+    lock_age: str | None = None
+    old_deadline: str | None = None
+    new_deadline: str | None = None
+    by: str | None = None
+
+
+class ClosePlan(msgspec.Struct, frozen=True, kw_only=True):
+    """The close plan a rotation appends to the plan stream (contract §3)."""
+
+    plan_id: str
+    symbol: str
+    action: str
+    side: str
+    qty: str
+    reduceOnly: str
+    decision: str
+    source: str
+    kill_score: str
+    rotation_trigger: str
+    new_symbol: str
+    new_plan_id: str
+    timestamp: str
+    rotation_id: str
+
+
+# ---------------------------------------------------------------- records
+
+
+class Reservation(msgspec.Struct, frozen=True, kw_only=True):
+    """An allowed entry holding a slot until it shows up as a position (contract §3a)."""
+
+    plan_id: str
+    until_ms: int
+
+
+class PlanRecord(msgspec.Struct, kw_only=True):
+    """What the engine decided for one plan id (the idempotency record).
+
+    `final` decisions are answered again unchanged; `rotation_id` with
+    `final=False` means the plan waits on that rotation. `entries` remembers
+    which stream entries were answered, so a redelivery writes nothing twice.
+    """
+
+    plan_id: str
+    symbol: str
+    action: str = ""
+    decision: str = ""
+    reason: str = ""
+    final: bool = False
+    rotation_id: str = ""
+    confidence: float | None = None
+    regime: str = ""
+    desired_slots: int = 0
+    entries: list[str] = msgspec.field(default_factory=list)
+    decided_ms: int = 0
+
+
+class RotationRecord(msgspec.Struct, kw_only=True):
+    """One rotation, persisted as a Redis hash (one field per attribute)."""
+
+    rotation_id: str
+    state: str
+    version: int
+    new_plan_id: str
+    new_symbol: str
+    new_action: str
+    new_confidence: float | None
+    close_symbol: str
+    close_plan_id: str
+    close_weakness: float
+    created_ms: int
+    deadline_ms: int
+    updated_ms: int
+    regime: str
+    desired_slots: int
+    trigger_entry_id: str = ""
+    ended_ms: int = 0
+    late_confirmed_ms: int = 0
+    history: list[list[Any]] = msgspec.field(default_factory=list)
+    snapshot: list[list[Any]] = msgspec.field(default_factory=list)
+
+
+_JSON_FIELDS = frozenset({"history", "snapshot"})
+_encoder = msgspec.json.Encoder()
+
+
+def rotation_to_hash(record: RotationRecord) -> dict[str, str]:
+    """Hash fields of a rotation record (lists as compact JSON)."""
+    out: dict[str, str] = {}
+    for name, value in msgspec.structs.asdict(record).items():
+        if name in _JSON_FIELDS:
+            out[name] = _encoder.encode(value).decode()
+        elif value is None:
+            out[name] = ""
+        else:
+            out[name] = str(value)
+    return out
+
+
+def rotation_from_hash(raw: dict[bytes, bytes] | dict[str, str]) -> RotationRecord:
+    """A rotation record from its hash; raises BadEntry if it is not one."""
+    fields = decode_fields(raw)
+    data: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name in _JSON_FIELDS:
+            data[name] = msgspec.json.decode(value)
+        elif name == "new_confidence":
+            data[name] = float(value) if value else None
+        else:
+            data[name] = value
+    try:
+        record: RotationRecord = msgspec.convert(data, RotationRecord, strict=False)
+    except msgspec.ValidationError as exc:
+        raise BadEntry(f"rotation record unreadable: {exc}") from None
+    return record
+
+
+plan_record_decoder = msgspec.json.Decoder(PlanRecord)
+reservation_decoder = msgspec.json.Decoder(Reservation)
+
+
+def encode_json(value: Any) -> str:
+    """Compact JSON text (msgspec), for keys and hash fields."""
+    return _encoder.encode(value).decode()

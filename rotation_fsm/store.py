@@ -1,0 +1,253 @@
+"""Redis persistence of one book: load a `BookView`, commit effects atomically.
+
+The only module that writes Redis. A commit is one Lua call (`lua/commit.lua`)
+that checks the book's version and applies every effect of a batch — stream
+appends, keys, the rotation hash and its indexes, acks — or nothing. Loads
+read the version first, so anything that changes in between makes the commit
+refuse and the caller decide again: a second replica, a redelivery or a retry
+after a crash can never emit anything twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from .decide import (
+    Ack,
+    BookView,
+    Decided,
+    DeadLetter,
+    Effect,
+    Emit,
+    ForgetDeadline,
+    Input,
+    Market,
+    PlanIn,
+    Release,
+    Reserve,
+    ResultIn,
+    SavePlan,
+    SaveRotation,
+    SetConfidence,
+    Tick,
+)
+from .keys import BLOCK_TTL_S, PERMIT_TTL_S, Keys
+from .machine import IN_FLIGHT
+from .messages import (
+    BadEntry,
+    Reservation,
+    encode_json,
+    plan_record_decoder,
+    reservation_decoder,
+    RotationRecord,
+    rotation_from_hash,
+    rotation_to_hash,
+    to_fields,
+)
+
+AnyRedis = Redis | RedisCluster
+COMMIT_LUA = resources.files("rotation_fsm").joinpath("lua/commit.lua").read_text()
+
+
+class _Ops:
+    """Builds the KEYS/ARGV of one commit: keys are numbered once, ops refer to them."""
+
+    def __init__(self, version_key: str, expected: int) -> None:
+        self.keys: list[str] = [version_key]
+        self._index: dict[str, int] = {version_key: 1}
+        self.argv: list[Any] = [expected]
+
+    def add(self, command: str, key: str, *args: Any) -> None:
+        index = self._index.get(key)
+        if index is None:
+            self.keys.append(key)
+            index = self._index[key] = len(self.keys)
+        self.argv.extend((command, index, len(args), *args))
+
+
+class Store:
+    """One book's state in Redis."""
+
+    def __init__(self, redis: AnyRedis, keys: Keys, *, group: str, retention_s: float,
+                 audit_maxlen: int = 100_000) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.group = group
+        self.retention_ms = int(retention_s * 1000)
+        self.audit_maxlen = audit_maxlen
+        self._commit = redis.register_script(COMMIT_LUA)
+        self._stream = {"plans": keys.plans, "results": keys.results, "events": keys.events,
+                        "decisions": keys.decisions, "dlq": keys.dlq, "audit": keys.audit}
+
+    # ------------------------------------------------------------ load
+
+    async def load(self, inputs: Sequence[Input], market: Market) -> BookView:
+        """The view `inputs` need; the version is read before anything else."""
+        k = self.keys
+        plan_ids = sorted({i.plan.plan_id for i in inputs if isinstance(i, PlanIn)})
+        close_ids = sorted(_close_ids_wanted(inputs, market))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(k.version)
+            pipe.hget(k.policy, "universe_symbols")
+            pipe.hgetall(k.reservations)
+            pipe.smembers(k.inflight)
+            pipe.hgetall(k.entry_confidence)
+            for plan_id in plan_ids:
+                pipe.get(k.plan(plan_id))
+            for close_id in close_ids:
+                pipe.get(k.close_index(close_id))
+            replies = await pipe.execute()
+        version, policy, reservations, inflight, confidence = replies[:5]
+        plan_raw = replies[5 : 5 + len(plan_ids)]
+        close_raw = replies[5 + len(plan_ids) :]
+        view = BookView(
+            version=int(version or 0),
+            policy_raw=policy,
+            reservations=_reservations(reservations),
+            inflight={m.decode() for m in inflight},
+            plans={pid: plan_record_decoder.decode(raw)
+                   for pid, raw in zip(plan_ids, plan_raw, strict=True) if raw is not None},
+            close_index={cid: raw.decode()
+                         for cid, raw in zip(close_ids, close_raw, strict=True) if raw},
+            entry_confidence={s.decode(): float(v) for s, v in confidence.items()},
+        )
+        wanted = view.inflight | set(view.close_index.values())
+        wanted |= {i.rotation_id for i in inputs if isinstance(i, Tick)}
+        await self._load_rotations(view, sorted(wanted))
+        return view
+
+    async def _load_rotations(self, view: BookView, rotation_ids: list[str]) -> None:
+        if not rotation_ids:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rotation_id in rotation_ids:
+                pipe.hgetall(self.keys.rotation(rotation_id))
+            replies = await pipe.execute()
+        for rotation_id, raw in zip(rotation_ids, replies, strict=True):
+            if raw:
+                view.rotations[rotation_id] = rotation_from_hash(raw)
+            else:
+                # The set says in flight but the hash is gone (expired by hand?):
+                # nothing can be decided for it, so it no longer holds a slot.
+                view.inflight.discard(rotation_id)
+
+    async def rotation(self, rotation_id: str) -> RotationRecord | None:
+        """One rotation record, or None."""
+        raw = await self.redis.hgetall(self.keys.rotation(rotation_id))
+        return rotation_from_hash(raw) if raw else None
+
+    # ------------------------------------------------------------ commit
+
+    async def commit(self, version: int, effects: Sequence[Effect], now_ms: int) -> bool:
+        """Apply `effects` atomically if the book is still at `version`."""
+        if not effects:
+            return True
+        ops = _Ops(self.keys.version, version)
+        for effect in effects:
+            self._translate(ops, effect, now_ms)
+        applied, _ = await self._commit(keys=ops.keys, args=ops.argv)
+        return int(applied) == 1
+
+    def _translate(self, ops: _Ops, effect: Effect, now_ms: int) -> None:
+        k = self.keys
+        match effect:
+            case Emit(stream=stream, fields=fields):
+                ops.add("XADD", self._stream[stream], *_maxlen(stream, self.audit_maxlen), "*",
+                        *_flat(fields))
+            case DeadLetter():
+                ops.add("XADD", k.dlq, "*", *_flat(effect.entry()))
+            case Decided(decision=d, permit=permit):
+                ops.add("XADD", k.decisions, "*", *_flat(to_fields(d)))
+                if d.decision == "ALLOW":
+                    ops.add("DEL", k.block(d.plan_id))
+                    if permit:
+                        body = {"granted": True, "symbol": d.symbol, "decision": "EXECUTE",
+                                "created_at": float(d.timestamp), "consumed": False}
+                        ops.add("SET", k.permit(d.plan_id), encode_json(body), "EX",
+                                PERMIT_TTL_S)
+                else:
+                    body = {"reason": d.reason, "timestamp": float(d.timestamp),
+                            "symbol": d.symbol}
+                    ops.add("SET", k.block(d.plan_id), encode_json(body), "EX", BLOCK_TTL_S)
+            case SaveRotation(record=rec):
+                self._save_rotation(ops, rec, now_ms)
+            case ForgetDeadline(rotation_id=rid):
+                ops.add("ZREM", k.deadlines, rid)
+                ops.add("SREM", k.inflight, rid)
+            case SavePlan(record=rec):
+                ops.add("SET", k.plan(rec.plan_id), encode_json(rec), "PX", self.retention_ms)
+            case Reserve(symbol=sym, reservation=res):
+                ops.add("HSET", k.reservations, sym, encode_json(res))
+            case Release(symbol=sym):
+                ops.add("HDEL", k.reservations, sym)
+            case SetConfidence(symbol=sym, confidence=value):
+                ops.add("HSET", k.entry_confidence, sym, repr(value))
+            case Ack(stream=stream, entry_id=entry_id):
+                ops.add("XACK", self._stream[stream], self.group, entry_id)
+
+    def _save_rotation(self, ops: _Ops, rec: RotationRecord, now_ms: int) -> None:
+        """The hash, and everything that follows from the state: in-flight set,
+        deadline, the seed's lock key, the close-plan index, the finished index."""
+        k = self.keys
+        key = k.rotation(rec.rotation_id)
+        ops.add("HSET", key, *_flat(rotation_to_hash(rec)))
+        ops.add("SET", k.close_index(rec.close_plan_id), rec.rotation_id, "PX",
+                self.retention_ms)
+        if rec.state in IN_FLIGHT:
+            ops.add("SADD", k.inflight, rec.rotation_id)
+            ops.add("ZADD", k.deadlines, rec.deadline_ms, rec.rotation_id)
+            lock = {"new_symbol": rec.new_symbol, "new_plan_id": rec.new_plan_id,
+                    "close_symbol": rec.close_symbol, "close_plan_id": rec.close_plan_id,
+                    "created_at": rec.created_ms / 1000, "rotation_id": rec.rotation_id,
+                    "deadline": rec.deadline_ms / 1000}
+            ops.add("SET", k.lock(rec.new_plan_id), encode_json(lock))
+        else:
+            ops.add("SREM", k.inflight, rec.rotation_id)
+            ops.add("ZREM", k.deadlines, rec.rotation_id)
+            ops.add("DEL", k.lock(rec.new_plan_id))
+            ops.add("ZADD", k.finished, rec.ended_ms or now_ms, rec.rotation_id)
+            ops.add("PEXPIRE", key, self.retention_ms)
+
+
+def _close_ids_wanted(inputs: Sequence[Input], market: Market) -> set[str]:
+    """Close plan ids whose owner the batch may need: results' plan ids, and the
+    seed-style close id each OPEN plan would use for each open position."""
+    wanted = {i.result.plan_id for i in inputs if isinstance(i, ResultIn)}
+    symbols = [p.symbol for p in market.positions or []]
+    for item in inputs:
+        if isinstance(item, PlanIn) and item.plan.is_execute and not item.plan.is_close:
+            wanted.update(f"rot_{item.plan.plan_id[:8]}_{s}" for s in symbols)
+    return wanted
+
+
+def _reservations(raw: dict[bytes, bytes]) -> dict[str, Reservation]:
+    out: dict[str, Reservation] = {}
+    for symbol, body in raw.items():
+        try:
+            out[symbol.decode()] = reservation_decoder.decode(body)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            continue  # unreadable: it cannot be honoured, and it never blocks forever
+    return out
+
+
+def _flat(fields: dict[Any, Any]) -> list[Any]:
+    out: list[Any] = []
+    for name, value in fields.items():
+        out.append(name)
+        out.append(value)
+    return out
+
+
+def _maxlen(stream: str, audit_maxlen: int) -> tuple[Any, ...]:
+    # Only the audit stream is capped by us (contract §7); the others belong to
+    # the trading stack, whose own retention applies.
+    return ("MAXLEN", "~", audit_maxlen) if stream == "audit" else ()
+
+
+__all__ = ["BadEntry", "Store"]
