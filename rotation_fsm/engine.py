@@ -1,0 +1,156 @@
+"""One book's engine: fetch the market, load the view, decide, commit — retried on conflict.
+
+The listener and the timer both hand inputs to `BookEngine.handle`. The
+exchange is asked *before* taking the commit lock, so a slow exchange never
+delays a timeout; the load → decide → commit step is serialised per process
+(replicas are kept apart by the version guard in the commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from . import reasons as R
+from .decide import (
+    BookView,
+    DeadLetter,
+    Decided,
+    Effect,
+    Emit,
+    Input,
+    Market,
+    PlanIn,
+    SaveRotation,
+    decide_batch,
+)
+from .market import Account, Kline, Position
+from .settings import Rules
+from .store import Store
+
+log = logging.getLogger("rotation_fsm")
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Exchange(Protocol):
+    """What the engine asks the exchange (see `exchange.ExchangeClient`)."""
+
+    async def positions(self) -> list[Position]: ...
+    async def account(self) -> Account: ...
+    async def klines(self, symbol: str) -> list[Kline]: ...
+
+
+class CommitConflict(RuntimeError):
+    """The book kept moving under us for every retry: another replica is very busy."""
+
+
+def needs_market(inputs: Sequence[Input], rules: Rules) -> list[str]:
+    """Symbols of the OPEN plans that may reach the exchange gates (empty: no fetch)."""
+    if not rules.slots_enabled or rules.entries_paused:
+        return []
+    return sorted({
+        i.plan.symbol for i in inputs
+        if isinstance(i, PlanIn) and i.plan.is_execute and not i.plan.is_close
+    })
+
+
+async def fetch_market(exchange: Exchange, symbols: list[str], rules: Rules) -> Market:
+    """One snapshot for a batch. Failures are recorded, never raised: the core
+    turns a missing answer into a fail-closed block."""
+    market = Market()
+    if not symbols:
+        return market
+    try:
+        market.positions = await exchange.positions()
+    except Exception as exc:  # any failure of the exchange fails closed
+        market.positions_error = str(exc)
+        return market
+    if rules.margin_gate_on:
+        try:
+            market.account = await exchange.account()
+        except Exception as exc:
+            market.account_error = str(exc)
+    wanted = set(symbols)
+    if rules.correlation_gate_on:
+        wanted |= market.open_symbols
+    ordered = sorted(wanted)
+    answers = await asyncio.gather(*(exchange.klines(s) for s in ordered),
+                                   return_exceptions=True)
+    for symbol, answer in zip(ordered, answers, strict=True):
+        market.klines[symbol] = None if isinstance(answer, BaseException) else answer
+    return market
+
+
+class BookEngine:
+    """Decides and commits inputs for one book."""
+
+    def __init__(self, store: Store, exchange: Exchange, rules: Callable[[], Rules], *,
+                 clock: Callable[[], int] = wall_ms, max_attempts: int = 100) -> None:
+        self.store = store
+        self.exchange = exchange
+        self.rules = rules
+        self.clock = clock
+        self.max_attempts = max_attempts
+        self._lock = asyncio.Lock()
+        self.conflicts = 0
+        self.observers: list[Callable[[Sequence[Effect], int], None]] = []
+
+    async def handle(self, inputs: Sequence[Input]) -> list[Effect]:
+        """Decide `inputs` and commit their effects exactly once; return the effects."""
+        if not inputs:
+            return []
+        rules = self.rules()
+        market = await fetch_market(self.exchange, needs_market(inputs, rules), rules)
+        async with self._lock:
+            for attempt in range(self.max_attempts):
+                view = await self.store.load(inputs, market)
+                now_ms = self.clock()
+                version = view.version
+                effects = decide_batch(inputs, view, market, rules, now_ms)
+                if await self.store.commit(version, effects, now_ms):
+                    self._report(effects, now_ms)
+                    return effects
+                self.conflicts += 1
+                # Another replica committed in between: back off a little, jittered
+                # by attempt so two replicas do not keep colliding in step.
+                await asyncio.sleep(min(0.05, 0.001 * (attempt + 1)))
+        raise CommitConflict(f"gave up after {self.max_attempts} conflicting commits")
+
+    def _report(self, effects: Sequence[Effect], now_ms: int) -> None:
+        for effect in effects:
+            line = describe(effect)
+            if line:
+                log.info(line)
+        for observer in self.observers:
+            observer(effects, now_ms)
+
+    async def view(self) -> BookView:
+        """The book's current state (no inputs): for status pages."""
+        return await self.store.load([], Market())
+
+
+def describe(effect: Effect) -> str | None:
+    """One log line for an effect worth a line: what was decided and why."""
+    match effect:
+        case Decided(decision=d):
+            tail = f" rotation={d.rotation_id}" if d.rotation_id else ""
+            slots = f" regime={d.regime} desired={d.desired_slots} free={d.open_slots}" \
+                if d.regime else ""
+            return f"{d.decision} plan={d.plan_id} symbol={d.symbol} reason={d.reason}{slots}{tail}"
+        case SaveRotation(record=rec):
+            return (f"rotation {rec.rotation_id} {rec.state}: close {rec.close_symbol} "
+                    f"({rec.close_plan_id}) for {rec.new_symbol}")
+        case Emit(stream="events", fields=f):
+            return f"event {f.get('event')} rotation={f.get('rotation_id')}"
+        case DeadLetter(stream=stream, entry_id=entry_id, error=error):
+            return f"dead-letter {stream} {entry_id}: {error}"
+    return None
+
+
+__all__ = ["R", "BookEngine", "CommitConflict", "Exchange", "describe", "fetch_market"]

@@ -1,0 +1,60 @@
+"""Prometheus metrics, fed by observing the effects each commit applied."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .decide import DeadLetter, Decided, Effect, Emit, SaveRotation
+
+
+def _entry_ms(entry_id: str | None) -> int | None:
+    if not entry_id:
+        return None
+    head = entry_id.split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+class Metrics:
+    """One registry per process; `observe` is registered on each book's engine."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.decisions = Counter("rotation_decisions", "Plans decided",
+                                 ["decision", "reason"], registry=self.registry)
+        self.events = Counter("rotation_events", "Rotation events emitted", ["event"],
+                              registry=self.registry)
+        self.dead_letters = Counter("rotation_dead_letters", "Entries dead-lettered",
+                                    ["stream"], registry=self.registry)
+        self.transitions = Counter("rotation_transitions", "Rotation records saved by state",
+                                   ["state"], registry=self.registry)
+        # Read from Redis when scraped (http.py), so it is right after a restart too.
+        self.in_flight = Gauge("rotation_in_flight", "Rotations in flight", ["book"],
+                               registry=self.registry)
+        self.latency = Histogram(
+            "rotation_decision_latency_seconds", "Plan entry written → decision committed",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry)
+        self.conflicts = Counter("rotation_commit_conflicts", "Commits refused by the version "
+                                 "guard (another replica moved first)", registry=self.registry)
+        self.redis_up = Gauge("rotation_redis_up", "1 when the last Redis call succeeded",
+                              registry=self.registry)
+
+    def observe(self, effects: Sequence[Effect], now_ms: int) -> None:
+        """Count what one commit did."""
+        for effect in effects:
+            match effect:
+                case Decided(decision=d):
+                    self.decisions.labels(d.decision, d.reason).inc()
+                    start = _entry_ms(d.entry_id)
+                    if start is not None:
+                        self.latency.observe(max(0.0, (now_ms - start) / 1000))
+                case Emit(stream="events", fields=f):
+                    self.events.labels(f.get("event", "")).inc()
+                case DeadLetter(stream=stream):
+                    self.dead_letters.labels(stream).inc()
+                case SaveRotation(record=rec):
+                    self.transitions.labels(rec.state).inc()
+                case _:
+                    pass

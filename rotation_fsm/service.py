@@ -1,0 +1,159 @@
+"""`rotation-fsm run`: listener + timer + HTTP for one book, supervised.
+
+Redis outages are waited out with backoff (readiness says so meanwhile) and
+the loops go on where they left off: nothing is acknowledged before its
+commit, so nothing is lost. SIGTERM lets the batch in progress commit and
+exits 0 well within 5 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .engine import BookEngine
+from .exchange import ExchangeClient
+from .http import Health, make_app
+from .keys import Keys
+from .listener import Listener
+from .metrics import Metrics
+from .settings import Rules, Settings
+from .store import AnyRedis, Store
+from .timer import Timer
+
+log = logging.getLogger("rotation_fsm.service")
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+
+def connect(settings: Settings, *, blocking: bool = False) -> AnyRedis:
+    """A client for `settings.redis_url`; `blocking` for the XREADGROUP connection,
+    whose socket must outlive the BLOCK time (redis-py 8 defaults to 5 s)."""
+    retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3)
+    timeout = None if blocking else 5.0
+    if settings.redis_cluster:
+        return RedisCluster.from_url(settings.redis_url, socket_timeout=timeout, retry=retry)
+    return Redis.from_url(settings.redis_url, socket_timeout=timeout, retry=retry,
+                          socket_connect_timeout=2.0, health_check_interval=15)
+
+
+@dataclass
+class Running:
+    """Handles of a running engine (tests and the demo drive it through these)."""
+
+    engine: BookEngine
+    listener: Listener
+    timer: Timer
+    health: Health
+    metrics: Metrics
+    stop: asyncio.Event
+    http_port: int = 0
+
+
+async def supervise(name: str, step: Callable[[], Awaitable[None]], stop: asyncio.Event,
+                    health: Health, metrics: Metrics) -> None:
+    """Run `step` until stop; on a Redis outage mark not ready and retry with backoff."""
+    delay = 0.1
+    while not stop.is_set():
+        try:
+            await step()
+            delay = 0.1
+        except REDIS_DOWN as exc:
+            health.redis_ok = False
+            health.last_error = f"{name}: {type(exc).__name__}: {exc}"
+            metrics.redis_up.set(0)
+            log.warning("redis unavailable in %s, retrying in %.1fs: %s", name, delay, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            delay = min(5.0, delay * 2) * (0.8 + 0.4 * random.random())
+
+
+async def run_engine(settings: Settings, *, stop: asyncio.Event | None = None,
+                     started: Callable[[Running], None] | None = None,
+                     rules: Callable[[], Rules] | None = None) -> int:
+    """Run one book's engine until `stop` (or SIGTERM/SIGINT) and return the exit code."""
+    stop = stop or asyncio.Event()
+    keys = Keys(book=settings.book, streams=settings.streams)
+    redis, reader = connect(settings), connect(settings, blocking=True)
+    exchange = ExchangeClient(settings.binance_base_url, settings.api_key, settings.api_secret)
+    await exchange.start()
+    store = Store(redis, keys, group=settings.consumer_group, retention_s=settings.retention_s,
+                  audit_maxlen=settings.audit_maxlen)
+    engine = BookEngine(store, exchange, rules or (lambda: settings.rules))
+    metrics, health = Metrics(), Health(stores={settings.book: store})
+    engine.observers.append(metrics.observe)
+    listener = Listener(reader, engine, keys, group=settings.consumer_group,
+                        consumer=settings.consumer_name, claim_idle_ms=settings.claim_idle_ms)
+    timer = Timer(redis, engine, keys)
+    runner = web.AppRunner(make_app(health, metrics), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.metrics_port)
+    await site.start()
+    port = runner.addresses[0][1] if runner.addresses else settings.metrics_port
+    running = Running(engine, listener, timer, health, metrics, stop, port)
+    _install_signals(stop)
+
+    async def listen_step() -> None:
+        if not health.groups_ok:
+            await listener.ensure_groups()
+            health.groups_ok = True
+            await listener.run_once(pending=True)
+        await listener.run_once(block_ms=listener.block_ms)
+        _mark_up(health, metrics)
+
+    async def timer_step() -> None:
+        fired = await timer.run_once()
+        _mark_up(health, metrics)
+        if fired < timer.batch:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=timer.interval_s)
+
+    log.info("rotation-fsm running: book=%r redis=%s http=%s:%d consumer=%s/%s",
+             settings.book, _safe_url(settings.redis_url), settings.http_host, port,
+             settings.consumer_group, settings.consumer_name)
+    if started:
+        started(running)
+    try:
+        await asyncio.gather(supervise("listener", listen_step, stop, health, metrics),
+                             supervise("timer", timer_step, stop, health, metrics))
+    finally:
+        await runner.cleanup()
+        await exchange.close()
+        await redis.aclose()
+        await reader.aclose()
+    log.info("rotation-fsm stopped")
+    return 0
+
+
+def _mark_up(health: Health, metrics: Metrics) -> None:
+    if not health.redis_ok:
+        health.redis_ok = True
+        health.last_error = ""
+        metrics.redis_up.set(1)
+
+
+def _safe_url(url: str) -> str:
+    """The Redis URL without its password, for logs."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+def _install_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)

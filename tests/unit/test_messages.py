@@ -1,0 +1,62 @@
+"""Parsing stream entries: every bad entry gets a reason naming the field."""
+
+import pytest
+
+from rotation_fsm.messages import BadEntry, parse_plan, parse_result
+
+GOOD = {b"plan_id": b"p-1", b"symbol": b"BTCUSDT", b"decision": b"EXECUTE"}
+
+
+def test_plan_with_strings_for_everything_parses():
+    plan = parse_plan({**GOOD, b"qty": b"0.5", b"reduceOnly": b"TRUE", b"confidence": b"1e-1",
+                       b"unknown": b"kept-and-ignored"})
+    assert plan.qty == 0.5 and plan.reduce_only is True and plan.confidence == 0.1
+
+
+@pytest.mark.parametrize("word", ["true", "True", "TRUE", "1"])
+def test_true_spellings(word):
+    assert parse_plan({**GOOD, b"reduceOnly": word.encode()}).is_close
+
+
+@pytest.mark.parametrize("word", ["false", "False", "0"])
+def test_false_spellings(word):
+    assert not parse_plan({**GOOD, b"reduceOnly": word.encode()}).reduce_only
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({b"plan_id": None}, "plan_id"),
+        ({b"symbol": b""}, "symbol"),
+        ({b"decision": None}, "decision"),
+        ({b"qty": b"abc"}, "qty"),
+        ({b"qty": b"nan"}, "qty"),
+        ({b"kill_score": b"inf"}, "kill_score"),
+        ({b"timestamp": b""}, "timestamp"),
+        ({b"confidence": b"-Infinity"}, "confidence"),
+        ({b"reduceOnly": b"yes"}, "reduceOnly"),
+        ({b"symbol": b"\xff\xfe"}, "symbol"),
+    ],
+)
+def test_bad_plan_names_the_field(change, named):
+    fields = {**GOOD, **{k: v for k, v in change.items() if v is not None}}
+    for k, v in change.items():
+        if v is None:
+            fields.pop(k)
+    with pytest.raises(BadEntry) as err:
+        parse_plan(fields)
+    assert named in str(err.value)
+
+
+def test_close_actions_are_closes():
+    for action in ("FULL_CLOSE_PROPOSED", "PARTIAL_75", "PARTIAL_50", "PARTIAL_25"):
+        assert parse_plan({**GOOD, b"action": action.encode()}).is_close
+    assert not parse_plan({**GOOD, b"action": b"OPEN_LONG"}).is_close
+
+
+def test_result_requires_executed():
+    with pytest.raises(BadEntry, match="executed"):
+        parse_result({b"plan_id": b"r", b"symbol": b"S"})
+    result = parse_result({b"plan_id": b"r", b"symbol": b"S", b"executed": b"false",
+                           b"error": b"insufficient margin"})
+    assert result.executed is False and result.error == "insufficient margin"

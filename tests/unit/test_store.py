@@ -1,0 +1,95 @@
+"""The store's atomic commit, on fakeredis (Lua via lupa): fast checks of the mechanism.
+
+The same behaviours run against a real redis-server in tests/integration.
+"""
+
+import json
+
+import fakeredis
+import pytest
+
+from rotation_fsm import reasons as R
+from rotation_fsm.decide import Market, PlanIn, ResultIn, decide_batch
+from rotation_fsm.keys import Keys
+from rotation_fsm.store import Store
+from tests.stubs import NOW_MS, UNIVERSE, book_of, market, plan, result, rules
+
+
+@pytest.fixture
+async def store():
+    redis = fakeredis.FakeAsyncRedis()
+    keys = Keys()
+    await redis.hset(keys.policy, "universe_symbols", json.dumps(UNIVERSE))
+    for stream in (keys.plans, keys.results):
+        await redis.xgroup_create(stream, "rotation-fsm", id="$", mkstream=True)
+    yield Store(redis, keys, group="rotation-fsm", retention_s=3600)
+    await redis.aclose()
+
+
+async def decide_and_commit(store, inputs, mkt, now_ms=NOW_MS, rl=None):
+    view = await store.load(inputs, mkt)
+    effects = decide_batch(inputs, view, mkt, rl or rules(), now_ms)
+    assert await store.commit(view.version, effects, now_ms)
+    return effects
+
+
+async def test_a_rotation_commits_every_key_together(store):
+    mkt = market(*book_of(3))
+    await decide_and_commit(store, [PlanIn("1-0", plan())], mkt)
+    r, k = store.redis, store.keys
+    (rotation_id,) = [m.decode() for m in await r.smembers(k.inflight)]
+    rec = await store.rotation(rotation_id)
+    assert rec.state == "CLOSE_EMITTED"
+    assert await r.get(k.close_index(rec.close_plan_id)) == rotation_id.encode()
+    assert await r.zscore(k.deadlines, rotation_id) == rec.deadline_ms
+    lock = json.loads(await r.get(k.lock("a1b2c3d4e5f67890")))
+    assert lock["close_plan_id"] == rec.close_plan_id
+    assert json.loads(await r.get(k.block("a1b2c3d4e5f67890")))["reason"] == (
+        R.WAITING_ROTATION_CLOSE)
+    assert await r.xlen(k.plans) == 1 and await r.xlen(k.events) == 1
+    assert await r.xlen(k.decisions) == 1
+    assert await r.get(k.version) == b"1"
+
+
+async def test_confirmation_ends_the_rotation_and_cleans_its_indexes(store):
+    await decide_and_commit(store, [PlanIn("1-0", plan())], market(*book_of(3)))
+    r, k = store.redis, store.keys
+    (rotation_id,) = [m.decode() for m in await r.smembers(k.inflight)]
+    rec = await store.rotation(rotation_id)
+    await decide_and_commit(store, [ResultIn("2-0", result(rec.close_plan_id))], Market(),
+                            NOW_MS + 10)
+    assert (await store.rotation(rotation_id)).state == "CONFIRMED"
+    assert await r.scard(k.inflight) == 0 and await r.zcard(k.deadlines) == 0
+    assert await r.get(k.lock("a1b2c3d4e5f67890")) is None
+    assert await r.get(k.block("a1b2c3d4e5f67890")) is None
+    permit = json.loads(await r.get(k.permit("a1b2c3d4e5f67890")))
+    assert permit["granted"] is True and permit["consumed"] is False
+    assert 0 < await r.ttl(k.permit("a1b2c3d4e5f67890")) <= 60
+    assert 0 < await r.pttl(k.rotation(rotation_id)) <= 3_600_000
+
+
+async def test_a_stale_version_changes_nothing(store):
+    inputs = [PlanIn("1-0", plan())]
+    view = await store.load(inputs, market())
+    effects = decide_batch(inputs, view, market(), rules(), NOW_MS)
+    await store.redis.incr(store.keys.version)  # another replica committed meanwhile
+    assert not await store.commit(view.version, effects, NOW_MS)
+    assert await store.redis.xlen(store.keys.decisions) == 0
+    assert await store.redis.get(store.keys.permit("a1b2c3d4e5f67890")) is None
+
+
+async def test_commit_refuses_a_command_outside_the_allow_list(store):
+    script = store._commit
+    with pytest.raises(Exception, match="not allowed"):
+        await script(keys=[store.keys.version, "x"], args=[0, "SET", 2, 1, "v", "FLUSHALL", 2, 0])
+    assert await store.redis.get("x") is None  # validated before anything ran
+
+
+async def test_acks_are_part_of_the_commit(store):
+    r, k = store.redis, store.keys
+    entry_id = (await r.xadd(k.plans, {"plan_id": "p", "symbol": "NEWUSDT",
+                                       "decision": "EXECUTE"})).decode()
+    await r.xreadgroup("rotation-fsm", "c1", {k.plans: ">"})
+    assert (await r.xpending(k.plans, "rotation-fsm"))["pending"] == 1
+    await decide_and_commit(store, [PlanIn(entry_id, plan("p"))], market())
+    assert (await r.xpending(k.plans, "rotation-fsm"))["pending"] == 0
