@@ -37,7 +37,7 @@ class Position(msgspec.Struct, frozen=True, kw_only=True):
         return self.unrealized_profit / notional
 
     def weakness(self, now_ms: int) -> float:
-        """Higher is weaker: −pnl% plus a penalty once the position is a day old."""
+        """Higher is weaker: minus pnl% plus a penalty once the position is a day old."""
         penalty = STALE_PENALTY if now_ms - self.update_time_ms > STALE_AGE_MS else 0.0
         return -self.pnl_pct + penalty
 

@@ -53,6 +53,11 @@ def market(*positions: Position, usage: float = 0.1, **kw: Any) -> Market:
                   **kw)
 
 
+def exchange_down() -> Market:
+    """A snapshot where the exchange answered nothing usable."""
+    return Market(positions=None, positions_error="HTTP 500")
+
+
 def rules(**kw: Any) -> Rules:
     """Rules with the correlation gate off (unit tests give no klines) unless asked."""
     return Rules(**{"max_correlation": 1.0, **kw})

@@ -16,14 +16,18 @@ async def stack(redis_url: str) -> AsyncIterator[Stack]:
 
 
 @pytest.fixture
-async def engine_process() -> AsyncIterator[Callable[[dict[str, str]], Awaitable[EngineProcess]]]:
-    """Factory: start `rotation-fsm run` as a child process; all are killed after."""
+async def engine_process(
+    stack: Stack,
+) -> AsyncIterator[Callable[[dict[str, str]], Awaitable[EngineProcess]]]:
+    """Factory: start `rotation-fsm run` as a child process, return once it consumes;
+    all are killed after."""
     started: list[EngineProcess] = []
 
     async def start(env: dict[str, str]) -> EngineProcess:
         proc = EngineProcess(env)
         started.append(proc)
         await proc.start()
+        await stack.until_groups()
         return proc
 
     yield start

@@ -20,6 +20,10 @@ from typing import Any
 
 from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rotation_fsm.keys import Keys
 from rotation_fsm.service import Running, run_engine
@@ -71,11 +75,11 @@ class Stack:
         started: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(run_engine(settings, started=started.set_result))
         running = await asyncio.wait_for(started, 10)
-        await self._until_groups()
+        await self.until_groups()
         self.engines.append((task, running))
         return running
 
-    async def _until_groups(self) -> None:
+    async def until_groups(self) -> None:
         # The engine creates the groups before its first read; the plan a test
         # writes next must come after that (groups start at `$`).
         for _ in range(500):
@@ -164,7 +168,9 @@ async def paper_exchange() -> AsyncIterator[tuple[PaperBook, str]]:
 @contextlib.asynccontextmanager
 async def open_stack(redis_url: str) -> AsyncIterator[Stack]:
     """A stack on `redis_url` with a policy; engines stopped when it closes."""
-    redis = Redis.from_url(redis_url)
+    # The test's own client reconnects too: some tests restart the server under it.
+    redis = Redis.from_url(redis_url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 10),
+                           retry_on_error=[RedisConnectionError, RedisTimeoutError])
     async with paper_exchange() as (book, url):
         s = Stack(redis_url=redis_url, redis=redis, exchange=book, exchange_url=url)
         await s.set_policy()

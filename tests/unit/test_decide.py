@@ -8,7 +8,17 @@ from rotation_fsm import reasons as R
 from rotation_fsm.decide import BadIn, PlanIn, ResultIn, Tick
 from rotation_fsm.memory import MemoryBook
 from rotation_fsm.settings import Rules
-from tests.stubs import NOW_MS, UNIVERSE, book_of, market, plan, position, result, rules
+from tests.stubs import (
+    NOW_MS,
+    UNIVERSE,
+    book_of,
+    exchange_down,
+    market,
+    plan,
+    position,
+    result,
+    rules,
+)
 
 POLICY = json.dumps(UNIVERSE)
 
@@ -190,7 +200,7 @@ def test_close_plans_pass_untouched_and_get_a_permit(book):
     d = send(book, plan("close-1", "BTCUSDT", action="FULL_CLOSE_PROPOSED"), market())
     assert (d.decision, d.reason) == (R.ALLOW, R.CLOSE_EXEMPT)
     assert book.permits == {"close-1": 1}
-    d = send(book, plan("close-2", "BTCUSDT", reduce_only=True), market(positions=None))
+    d = send(book, plan("close-2", "BTCUSDT", reduce_only=True), exchange_down())
     assert d.reason == R.CLOSE_EXEMPT
 
 
@@ -213,9 +223,7 @@ def test_symbol_outside_the_universe_is_blocked(book):
 
 
 def test_exchange_failure_blocks_and_a_resend_is_decided_afresh(book):
-    down = market()
-    down.positions = None
-    assert send(book, plan(), down).reason == R.POSITIONS_UNAVAILABLE
+    assert send(book, plan(), exchange_down()).reason == R.POSITIONS_UNAVAILABLE
     assert send(book, plan(), market(), NOW_MS + 1).reason == R.SLOTS_AVAILABLE
 
 
@@ -288,7 +296,7 @@ def test_a_taken_short_close_id_falls_back_to_the_full_plan_id(book):
 
 
 def test_slots_disabled_allows_everything_untouched(book):
-    d = send(book, plan(), market(positions=None), rl=rules(slots_enabled=False))
+    d = send(book, plan(), exchange_down(), rl=rules(slots_enabled=False))
     assert (d.decision, d.reason) == (R.ALLOW, R.SLOTS_DISABLED)
 
 

@@ -1,0 +1,18 @@
+"""rotation-fsm: the governor's active-slots controller with strict, confirmed rotation.
+
+The pure core (`machine`, `regime`, `slots`, `decide`) knows nothing of Redis or
+HTTP; `store`, `listener`, `timer`, `exchange` and `service` are the shell.
+"""
+
+from .decide import BookView, Market, decide_batch
+from .machine import FINAL, IN_FLIGHT, IllegalTransition, State, Trigger
+from .messages import BadEntry, Plan, Result, RotationRecord, parse_plan, parse_result
+from .settings import Rules, SettingError, Settings, load_settings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FINAL", "IN_FLIGHT", "BadEntry", "BookView", "IllegalTransition", "Market", "Plan",
+    "Result", "RotationRecord", "Rules", "SettingError", "Settings", "State", "Trigger",
+    "decide_batch", "load_settings", "parse_plan", "parse_result",
+]
