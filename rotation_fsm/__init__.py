@@ -12,7 +12,22 @@ from .settings import Rules, SettingError, Settings, load_settings
 __version__ = "0.1.0"
 
 __all__ = [
-    "FINAL", "IN_FLIGHT", "BadEntry", "BookView", "IllegalTransition", "Market", "Plan",
-    "Result", "RotationRecord", "Rules", "SettingError", "Settings", "State", "Trigger",
-    "decide_batch", "load_settings", "parse_plan", "parse_result",
+    "FINAL",
+    "IN_FLIGHT",
+    "BadEntry",
+    "BookView",
+    "IllegalTransition",
+    "Market",
+    "Plan",
+    "Result",
+    "RotationRecord",
+    "Rules",
+    "SettingError",
+    "Settings",
+    "State",
+    "Trigger",
+    "decide_batch",
+    "load_settings",
+    "parse_plan",
+    "parse_result",
 ]

@@ -107,8 +107,11 @@ class DeadLetter(msgspec.Struct, frozen=True, tag="dead_letter"):
 
     def entry(self) -> dict[bytes, bytes]:
         """The DLQ entry; originals named like our meta fields are kept as `orig_…`."""
-        meta = {b"error": self.error.encode(), b"entry_id": self.entry_id.encode(),
-                b"stream": self.stream.encode()}
+        meta = {
+            b"error": self.error.encode(),
+            b"entry_id": self.entry_id.encode(),
+            b"stream": self.stream.encode(),
+        }
         out = {(b"orig_" + k if k in meta else k): v for k, v in self.fields.items()}
         out.update(meta)
         return out
@@ -142,8 +145,16 @@ class Ack(msgspec.Struct, frozen=True, tag="ack"):
 
 
 Effect = (
-    Emit | Decided | SaveRotation | DeadLetter | ForgetDeadline | SavePlan | Reserve | Release
-    | SetConfidence | Ack
+    Emit
+    | Decided
+    | SaveRotation
+    | DeadLetter
+    | ForgetDeadline
+    | SavePlan
+    | Reserve
+    | Release
+    | SetConfidence
+    | Ack
 )
 
 # ---------------------------------------------------------------- state
@@ -248,19 +259,41 @@ class _Ctx:
 
 
 def _decision(
-    plan_id: str, symbol: str, action: str, verdict: str, reason: str, now_ms: int, *,
-    regime: str = "", desired: int = 0, free: int = 0, rotation_id: str = "",
+    plan_id: str,
+    symbol: str,
+    action: str,
+    verdict: str,
+    reason: str,
+    now_ms: int,
+    *,
+    regime: str = "",
+    desired: int = 0,
+    free: int = 0,
+    rotation_id: str = "",
     entry_id: str = "",
 ) -> Decision:
     return Decision(
-        plan_id=plan_id, symbol=symbol, action=action, decision=verdict, reason=reason,
-        regime=regime, desired_slots=desired, open_slots=free, timestamp=_ts(now_ms),
-        rotation_id=rotation_id or None, entry_id=entry_id or None,
+        plan_id=plan_id,
+        symbol=symbol,
+        action=action,
+        decision=verdict,
+        reason=reason,
+        regime=regime,
+        desired_slots=desired,
+        open_slots=free,
+        timestamp=_ts(now_ms),
+        rotation_id=rotation_id or None,
+        entry_id=entry_id or None,
     )
 
 
 def _answer(
-    ctx: _Ctx, verdict: str, reason: str, *, final: bool, with_slots: bool = True,
+    ctx: _Ctx,
+    verdict: str,
+    reason: str,
+    *,
+    final: bool,
+    with_slots: bool = True,
     rotation_id: str = "",
 ) -> list[Effect]:
     """Decide `ctx.plan`: decision entry, permit on a first ALLOW, plan record, ack."""
@@ -269,13 +302,31 @@ def _answer(
     desired = ctx.desired if with_slots else 0
     free = ctx.free if with_slots else 0
     decision = _decision(
-        plan.plan_id, plan.symbol, plan.action, verdict, reason, ctx.now_ms, regime=regime,
-        desired=desired, free=free, rotation_id=rotation_id, entry_id=ctx.entry_id,
+        plan.plan_id,
+        plan.symbol,
+        plan.action,
+        verdict,
+        reason,
+        ctx.now_ms,
+        regime=regime,
+        desired=desired,
+        free=free,
+        rotation_id=rotation_id,
+        entry_id=ctx.entry_id,
     )
     record = PlanRecord(
-        plan_id=plan.plan_id, symbol=plan.symbol, action=plan.action, decision=verdict,
-        reason=reason, final=final, rotation_id=rotation_id, confidence=plan.confidence,
-        regime=regime, desired_slots=desired, entries=[ctx.entry_id], decided_ms=ctx.now_ms,
+        plan_id=plan.plan_id,
+        symbol=plan.symbol,
+        action=plan.action,
+        decision=verdict,
+        reason=reason,
+        final=final,
+        rotation_id=rotation_id,
+        confidence=plan.confidence,
+        regime=regime,
+        desired_slots=desired,
+        entries=[ctx.entry_id],
+        decided_ms=ctx.now_ms,
     )
     effects: list[Effect] = [
         Decided(decision, permit=verdict == R.ALLOW and rules.issue_permits),
@@ -289,9 +340,16 @@ def _answer(
 def _answer_again(ctx: _Ctx, record: PlanRecord, reason: str) -> list[Effect]:
     """A resend: the recorded answer again; no second permit, no second rotation."""
     decision = _decision(
-        record.plan_id, ctx.plan.symbol, ctx.plan.action, record.decision or R.BLOCK, reason,
-        ctx.now_ms, regime=record.regime, desired=record.desired_slots,
-        rotation_id=record.rotation_id, entry_id=ctx.entry_id,
+        record.plan_id,
+        ctx.plan.symbol,
+        ctx.plan.action,
+        record.decision or R.BLOCK,
+        reason,
+        ctx.now_ms,
+        regime=record.regime,
+        desired=record.desired_slots,
+        rotation_id=record.rotation_id,
+        entry_id=ctx.entry_id,
     )
     updated = msgspec.structs.replace(record, entries=[*record.entries[-15:], ctx.entry_id])
     return [Decided(decision, permit=False), SavePlan(updated)]
@@ -324,8 +382,10 @@ def decide_plan(ctx: _Ctx) -> list[Effect]:
         return _answer(ctx, R.BLOCK, R.NOT_IN_UNIVERSE, final=True, with_slots=False)
     if market.positions is None or (rules.margin_gate_on and market.account is None):
         return _answer(ctx, R.BLOCK, R.POSITIONS_UNAVAILABLE, final=False, with_slots=False)
-    if market.account is not None and rules.margin_gate_on and over_margin(
-        market.account, rules.max_margin_usage
+    if (
+        market.account is not None
+        and rules.margin_gate_on
+        and over_margin(market.account, rules.max_margin_usage)
     ):
         return _answer(ctx, R.BLOCK, R.MARGIN_CAP, final=False)
     if plan.symbol in market.open_symbols or plan.symbol in view.reservations:
@@ -356,8 +416,9 @@ def _correlation_block(ctx: _Ctx) -> list[Effect] | None:
     if own is None or any(v is None for v in series.values()):
         # Klines we could not fetch are not "no correlation": fail closed.
         return _answer(ctx, R.BLOCK, R.POSITIONS_UNAVAILABLE, final=False)
-    hit = too_correlated(own, {s: v for s, v in series.items() if v is not None},
-                         ctx.rules.max_correlation)
+    hit = too_correlated(
+        own, {s: v for s, v in series.items() if v is not None}, ctx.rules.max_correlation
+    )
     if hit is None:
         return None
     return _answer(ctx, R.BLOCK, R.CORRELATION_TOO_HIGH, final=False)
@@ -382,28 +443,49 @@ def _start_rotation(ctx: _Ctx, target: Position) -> list[Effect]:
     plan, now_ms = ctx.plan, ctx.now_ms
     rotation_id = f"{plan.plan_id}@{now_ms}"
     short = f"rot_{plan.plan_id[:8]}_{target.symbol}"
-    close_id = close_plan_id(plan.plan_id, target.symbol, ctx.view.close_index.get(short),
-                             rotation_id)
+    close_id = close_plan_id(
+        plan.plan_id, target.symbol, ctx.view.close_index.get(short), rotation_id
+    )
     locked = fire(State.IDLE, Trigger.LOCK)
     emitted = fire(str(locked), Trigger.EMIT_CLOSE)
     record = RotationRecord(
-        rotation_id=rotation_id, state=str(emitted), version=1, new_plan_id=plan.plan_id,
-        new_symbol=plan.symbol, new_action=plan.action, new_confidence=plan.confidence,
-        close_symbol=target.symbol, close_plan_id=close_id,
-        close_weakness=round(target.weakness(now_ms), 8), created_ms=now_ms,
-        deadline_ms=now_ms + int(ctx.rules.lock_ttl_s * 1000), updated_ms=now_ms,
-        regime=ctx.reading.regime.value, desired_slots=ctx.desired,
+        rotation_id=rotation_id,
+        state=str(emitted),
+        version=1,
+        new_plan_id=plan.plan_id,
+        new_symbol=plan.symbol,
+        new_action=plan.action,
+        new_confidence=plan.confidence,
+        close_symbol=target.symbol,
+        close_plan_id=close_id,
+        close_weakness=round(target.weakness(now_ms), 8),
+        created_ms=now_ms,
+        deadline_ms=now_ms + int(ctx.rules.lock_ttl_s * 1000),
+        updated_ms=now_ms,
+        regime=ctx.reading.regime.value,
+        desired_slots=ctx.desired,
         trigger_entry_id=ctx.entry_id,
-        history=[[now_ms, Trigger.LOCK.value, locked], [now_ms, Trigger.EMIT_CLOSE.value,
-                                                         emitted]],
-        snapshot=[[p.symbol, round(p.pnl_pct, 8), round(p.weakness(now_ms), 8)]
-                  for p in ctx.market.positions or []],
+        history=[[now_ms, Trigger.LOCK.value, locked], [now_ms, Trigger.EMIT_CLOSE.value, emitted]],
+        snapshot=[
+            [p.symbol, round(p.pnl_pct, 8), round(p.weakness(now_ms), 8)]
+            for p in ctx.market.positions or []
+        ],
     )
     close = ClosePlan(
-        plan_id=close_id, symbol=target.symbol, action="FULL_CLOSE_PROPOSED", side="CLOSE",
-        qty="0", reduceOnly="true", decision="EXECUTE", source="rotation-fsm", kill_score="0",
-        rotation_trigger="true", new_symbol=plan.symbol, new_plan_id=plan.plan_id,
-        timestamp=_ts(now_ms), rotation_id=rotation_id,
+        plan_id=close_id,
+        symbol=target.symbol,
+        action="FULL_CLOSE_PROPOSED",
+        side="CLOSE",
+        qty="0",
+        reduceOnly="true",
+        decision="EXECUTE",
+        source="rotation-fsm",
+        kill_score="0",
+        rotation_trigger="true",
+        new_symbol=plan.symbol,
+        new_plan_id=plan.plan_id,
+        timestamp=_ts(now_ms),
+        rotation_id=rotation_id,
     )
     return [
         Emit("plans", to_fields(close)),
@@ -415,9 +497,15 @@ def _start_rotation(ctx: _Ctx, target: Position) -> list[Effect]:
 
 def _event(name: str, rec: RotationRecord, now_ms: int, **extra: str) -> Event:
     return Event(
-        event=name, new_symbol=rec.new_symbol, new_plan_id=rec.new_plan_id,
-        close_symbol=rec.close_symbol, close_plan_id=rec.close_plan_id, timestamp=_ts(now_ms),
-        rotation_id=rec.rotation_id, state=rec.state, **extra,
+        event=name,
+        new_symbol=rec.new_symbol,
+        new_plan_id=rec.new_plan_id,
+        close_symbol=rec.close_symbol,
+        close_plan_id=rec.close_plan_id,
+        timestamp=_ts(now_ms),
+        rotation_id=rec.rotation_id,
+        state=rec.state,
+        **extra,
     )
 
 
@@ -428,7 +516,11 @@ def _moved(rec: RotationRecord, trigger: Trigger, state: str, now_ms: int) -> Ro
     """The record after `trigger` took it to `state` (history appended, version bumped)."""
     ended = now_ms if state in FINAL and rec.state not in FINAL else rec.ended_ms
     return msgspec.structs.replace(
-        rec, state=state, version=rec.version + 1, updated_ms=now_ms, ended_ms=ended,
+        rec,
+        state=state,
+        version=rec.version + 1,
+        updated_ms=now_ms,
+        ended_ms=ended,
         history=[*rec.history, [now_ms, trigger.value, state]],
     )
 
@@ -439,17 +531,31 @@ def _end_decision(
     """The waiting plan's final answer when its rotation ends (it is not sent again)."""
     waiting = view.plans.get(rec.new_plan_id)
     decision = _decision(
-        rec.new_plan_id, rec.new_symbol, rec.new_action, verdict, reason, now_ms,
-        regime=rec.regime, desired=rec.desired_slots, rotation_id=rec.rotation_id,
+        rec.new_plan_id,
+        rec.new_symbol,
+        rec.new_action,
+        verdict,
+        reason,
+        now_ms,
+        regime=rec.regime,
+        desired=rec.desired_slots,
+        rotation_id=rec.rotation_id,
     )
     record = PlanRecord(
-        plan_id=rec.new_plan_id, symbol=rec.new_symbol, action=rec.new_action,
-        decision=verdict, reason=reason, final=True, rotation_id=rec.rotation_id,
-        confidence=rec.new_confidence, regime=rec.regime, desired_slots=rec.desired_slots,
-        entries=waiting.entries if waiting else [], decided_ms=now_ms,
+        plan_id=rec.new_plan_id,
+        symbol=rec.new_symbol,
+        action=rec.new_action,
+        decision=verdict,
+        reason=reason,
+        final=True,
+        rotation_id=rec.rotation_id,
+        confidence=rec.new_confidence,
+        regime=rec.regime,
+        desired_slots=rec.desired_slots,
+        entries=waiting.entries if waiting else [],
+        decided_ms=now_ms,
     )
-    return [Decided(decision, permit=verdict == R.ALLOW and rules.issue_permits),
-            SavePlan(record)]
+    return [Decided(decision, permit=verdict == R.ALLOW and rules.issue_permits), SavePlan(record)]
 
 
 def _confirm(rec: RotationRecord, view: BookView, rules: Rules, now_ms: int) -> list[Effect]:
@@ -458,8 +564,12 @@ def _confirm(rec: RotationRecord, view: BookView, rules: Rules, now_ms: int) -> 
         SaveRotation(done),
         Emit("events", to_fields(_event(R.EV_COMPLETE, done, now_ms))),
         *_end_decision(done, view, rules, R.ALLOW, R.ROTATION_COMPLETE, now_ms),
-        Reserve(done.new_symbol, Reservation(
-            plan_id=done.new_plan_id, until_ms=now_ms + int(rules.reservation_ttl_s * 1000))),
+        Reserve(
+            done.new_symbol,
+            Reservation(
+                plan_id=done.new_plan_id, until_ms=now_ms + int(rules.reservation_ttl_s * 1000)
+            ),
+        ),
     ]
     if done.new_confidence is not None:
         effects.append(SetConfidence(done.new_symbol, done.new_confidence))
@@ -467,8 +577,15 @@ def _confirm(rec: RotationRecord, view: BookView, rules: Rules, now_ms: int) -> 
 
 
 def _end_blocked(
-    rec: RotationRecord, trigger: Trigger, state: State, event: str, reason: str,
-    view: BookView, rules: Rules, now_ms: int, **extra: str,
+    rec: RotationRecord,
+    trigger: Trigger,
+    state: State,
+    event: str,
+    reason: str,
+    view: BookView,
+    rules: Rules,
+    now_ms: int,
+    **extra: str,
 ) -> list[Effect]:
     done = _moved(rec, trigger, state, now_ms)
     return [
@@ -487,14 +604,25 @@ def decide_result(result: Result, view: BookView, rules: Rules, now_ms: int) -> 
         if held and not result.executed:
             return [Release(held[0])]
         return []
-    facts = {"executed": result.executed, "reduce_only": result.reduce_only,
-             "late_confirmed": rec.late_confirmed_ms > 0}
+    facts = {
+        "executed": result.executed,
+        "reduce_only": result.reduce_only,
+        "late_confirmed": rec.late_confirmed_ms > 0,
+    }
     if rec.state == State.CLOSE_EMITTED:
         if fire(rec.state, Trigger.CONFIRM, **facts):
             return _confirm(rec, view, rules, now_ms)
         if fire(rec.state, Trigger.REJECT, **facts):
-            return _end_blocked(rec, Trigger.REJECT, State.CLOSE_REJECTED, R.EV_CLOSE_REJECTED,
-                                R.ROTATION_CLOSE_REJECTED, view, rules, now_ms)
+            return _end_blocked(
+                rec,
+                Trigger.REJECT,
+                State.CLOSE_REJECTED,
+                R.EV_CLOSE_REJECTED,
+                R.ROTATION_CLOSE_REJECTED,
+                view,
+                rules,
+                now_ms,
+            )
         return []  # executed but not reduce-only: not a confirmation (contract §2)
     if rec.state in (State.TIMED_OUT, State.ABORTED) and fire(
         rec.state, Trigger.LATE_CONFIRM, **facts
@@ -502,8 +630,10 @@ def decide_result(result: Result, view: BookView, rules: Rules, now_ms: int) -> 
         late = msgspec.structs.replace(
             _moved(rec, Trigger.LATE_CONFIRM, rec.state, now_ms), late_confirmed_ms=now_ms
         )
-        return [SaveRotation(late),
-                Emit("events", to_fields(_event(R.EV_LATE_CONFIRM, late, now_ms)))]
+        return [
+            SaveRotation(late),
+            Emit("events", to_fields(_event(R.EV_LATE_CONFIRM, late, now_ms))),
+        ]
     return []  # a redelivery after the rotation already moved on
 
 
@@ -517,8 +647,17 @@ def decide_tick(rotation_id: str, view: BookView, rules: Rules, now_ms: int) -> 
     if not fire(rec.state, Trigger.TIMEOUT, now_ms=now_ms, deadline_ms=rec.deadline_ms):
         return []
     lock_age = f"{(now_ms - rec.created_ms) / 1000:.3f}"
-    return _end_blocked(rec, Trigger.TIMEOUT, State.TIMED_OUT, R.EV_TIMEOUT,
-                        R.ROTATION_TIMEOUT, view, rules, now_ms, lock_age=lock_age)
+    return _end_blocked(
+        rec,
+        Trigger.TIMEOUT,
+        State.TIMED_OUT,
+        R.EV_TIMEOUT,
+        R.ROTATION_TIMEOUT,
+        view,
+        rules,
+        now_ms,
+        lock_age=lock_age,
+    )
 
 
 # ---------------------------------------------------------------- batches
@@ -527,8 +666,11 @@ def decide_tick(rotation_id: str, view: BookView, rules: Rules, now_ms: int) -> 
 def expire_reservations(view: BookView, market: Market, now_ms: int) -> list[Effect]:
     """Reservations that ended: past their TTL, or their symbol is now a position."""
     opened = market.open_symbols if market.positions is not None else frozenset()
-    return [Release(sym) for sym, res in sorted(view.reservations.items())
-            if res.until_ms <= now_ms or sym in opened]
+    return [
+        Release(sym)
+        for sym, res in sorted(view.reservations.items())
+        if res.until_ms <= now_ms or sym in opened
+    ]
 
 
 def decide_one(
@@ -566,7 +708,25 @@ def decide_batch(
 
 
 __all__ = [
-    "Ack", "BadIn", "BookView", "DeadLetter", "Decided", "Effect", "Emit", "ForgetDeadline", "Input",
-    "Market", "PlanIn", "Regime", "Release", "Reserve", "ResultIn", "SaveRotation",
-    "SavePlan", "SetConfidence", "Tick", "decide_batch", "decide_one",
+    "Ack",
+    "BadIn",
+    "BookView",
+    "DeadLetter",
+    "Decided",
+    "Effect",
+    "Emit",
+    "ForgetDeadline",
+    "Input",
+    "Market",
+    "PlanIn",
+    "Regime",
+    "Release",
+    "Reserve",
+    "ResultIn",
+    "SavePlan",
+    "SaveRotation",
+    "SetConfidence",
+    "Tick",
+    "decide_batch",
+    "decide_one",
 ]

@@ -10,6 +10,7 @@ the output is byte-identical across runs and machines. The checked-in copies in
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 import sys
 from collections import deque
@@ -75,8 +76,12 @@ def table_edges() -> list[Edge]:
         for source in _as_list(row["source"]):
             dest = row.get("dest")
             out.append(
-                Edge(State(source), State(source if dest is None else str(dest)),
-                     str(row["trigger"]), guards)
+                Edge(
+                    State(source),
+                    State(source if dest is None else str(dest)),
+                    str(row["trigger"]),
+                    guards,
+                )
             )
     return sorted(out, key=lambda e: (_state_rank(e.source), _state_rank(e.dest), e.trigger))
 
@@ -128,7 +133,7 @@ def _marks(path: Sequence[str], current: str) -> _Marks:
     now = _state(current)
     edges = table_edges()
     marked: set[Edge] = set()
-    for here, there in zip(states, states[1:], strict=False):
+    for here, there in itertools.pairwise(states):
         marked.update(_hops(edges, here, there))
     touched = {*states, *(e.source for e in marked), *(e.dest for e in marked)}
     return _Marks(
@@ -172,19 +177,31 @@ def _attrs(pairs: Iterable[tuple[str, str]]) -> str:
 def _dot_node(state: State, marks: _Marks) -> str:
     pairs = [("shape", "doublecircle")] if state in FINAL else []
     if state is marks.current:
-        pairs += [("style", "filled"), ("fillcolor", _quote(_CURRENT_FILL)),
-                  ("color", _quote(_CURRENT_LINE)), ("penwidth", "3")]
+        pairs += [
+            ("style", "filled"),
+            ("fillcolor", _quote(_CURRENT_FILL)),
+            ("color", _quote(_CURRENT_LINE)),
+            ("penwidth", "3"),
+        ]
     elif state in marks.states:
-        pairs += [("style", "filled"), ("fillcolor", _quote(_PATH_FILL)),
-                  ("color", _quote(_PATH_LINE)), ("penwidth", "2")]
+        pairs += [
+            ("style", "filled"),
+            ("fillcolor", _quote(_PATH_FILL)),
+            ("color", _quote(_PATH_LINE)),
+            ("penwidth", "2"),
+        ]
     return f"    {_quote(state.value)}{_attrs(pairs)};"
 
 
 def _dot_edge(source: str, dest: str, label: str, marked: bool) -> str:
     pairs = [("label", _quote(label))] if label else []
     if marked:
-        pairs += [("color", _quote(_PATH_LINE)), ("fontcolor", _quote(_PATH_LINE)),
-                  ("penwidth", "2.5"), ("style", "bold")]
+        pairs += [
+            ("color", _quote(_PATH_LINE)),
+            ("fontcolor", _quote(_PATH_LINE)),
+            ("penwidth", "2.5"),
+            ("style", "bold"),
+        ]
     return f"    {source} -> {dest}{_attrs(pairs)};"
 
 
@@ -260,7 +277,8 @@ def write(directory: Path) -> list[Path]:
     readme = directory / README_NAME
     if readme.exists():
         readme.write_text(
-            readme_with_diagram(readme.read_text(encoding="utf-8")), encoding="utf-8",
+            readme_with_diagram(readme.read_text(encoding="utf-8")),
+            encoding="utf-8",
             newline="\n",
         )
         written.append(readme)
@@ -270,10 +288,15 @@ def write(directory: Path) -> list[Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m rotation_fsm.diagram [--format F] [--write DIR]`; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m rotation_fsm.diagram", description=__doc__)
-    parser.add_argument("--format", choices=FORMATS, default="mermaid",
-                        help="print this format (default: mermaid)")
-    parser.add_argument("--write", metavar="DIR", type=Path,
-                        help="write rotation.mmd, rotation.dot and README.md's diagram in DIR")
+    parser.add_argument(
+        "--format", choices=FORMATS, default="mermaid", help="print this format (default: mermaid)"
+    )
+    parser.add_argument(
+        "--write",
+        metavar="DIR",
+        type=Path,
+        help="write rotation.mmd, rotation.dot and README.md's diagram in DIR",
+    )
     args = parser.parse_args(argv)
     if args.write is None:
         sys.stdout.write(render(args.format))

@@ -54,10 +54,13 @@ def needs_market(inputs: Sequence[Input], rules: Rules) -> list[str]:
     """Symbols of the OPEN plans that may reach the exchange gates (empty: no fetch)."""
     if not rules.slots_enabled or rules.entries_paused:
         return []
-    return sorted({
-        i.plan.symbol for i in inputs
-        if isinstance(i, PlanIn) and i.plan.is_execute and not i.plan.is_close
-    })
+    return sorted(
+        {
+            i.plan.symbol
+            for i in inputs
+            if isinstance(i, PlanIn) and i.plan.is_execute and not i.plan.is_close
+        }
+    )
 
 
 async def fetch_market(exchange: Exchange, symbols: list[str], rules: Rules) -> Market:
@@ -80,8 +83,7 @@ async def fetch_market(exchange: Exchange, symbols: list[str], rules: Rules) -> 
     if rules.correlation_gate_on:
         wanted |= market.open_symbols
     ordered = sorted(wanted)
-    answers = await asyncio.gather(*(exchange.klines(s) for s in ordered),
-                                   return_exceptions=True)
+    answers = await asyncio.gather(*(exchange.klines(s) for s in ordered), return_exceptions=True)
     for symbol, answer in zip(ordered, answers, strict=True):
         market.klines[symbol] = None if isinstance(answer, BaseException) else answer
     return market
@@ -90,8 +92,15 @@ async def fetch_market(exchange: Exchange, symbols: list[str], rules: Rules) -> 
 class BookEngine:
     """Decides and commits inputs for one book."""
 
-    def __init__(self, store: Store, exchange: Exchange, rules: Callable[[], Rules], *,
-                 clock: Callable[[], int] = wall_ms, max_attempts: int = 100) -> None:
+    def __init__(
+        self,
+        store: Store,
+        exchange: Exchange,
+        rules: Callable[[], Rules],
+        *,
+        clock: Callable[[], int] = wall_ms,
+        max_attempts: int = 100,
+    ) -> None:
         self.store = store
         self.exchange = exchange
         self.rules = rules
@@ -140,12 +149,17 @@ def describe(effect: Effect) -> str | None:
     match effect:
         case Decided(decision=d):
             tail = f" rotation={d.rotation_id}" if d.rotation_id else ""
-            slots = f" regime={d.regime} desired={d.desired_slots} free={d.open_slots}" \
-                if d.regime else ""
+            slots = (
+                f" regime={d.regime} desired={d.desired_slots} free={d.open_slots}"
+                if d.regime
+                else ""
+            )
             return f"{d.decision} plan={d.plan_id} symbol={d.symbol} reason={d.reason}{slots}{tail}"
         case SaveRotation(record=rec):
-            return (f"rotation {rec.rotation_id} {rec.state}: close {rec.close_symbol} "
-                    f"({rec.close_plan_id}) for {rec.new_symbol}")
+            return (
+                f"rotation {rec.rotation_id} {rec.state}: close {rec.close_symbol} "
+                f"({rec.close_plan_id}) for {rec.new_symbol}"
+            )
         case Emit(stream="events", fields=f):
             return f"event {f.get('event')} rotation={f.get('rotation_id')}"
         case DeadLetter(stream=stream, entry_id=entry_id, error=error):
@@ -153,4 +167,4 @@ def describe(effect: Effect) -> str | None:
     return None
 
 
-__all__ = ["R", "BookEngine", "CommitConflict", "Exchange", "describe", "fetch_market"]
+__all__ = ["BookEngine", "CommitConflict", "Exchange", "R", "describe", "fetch_market"]

@@ -7,7 +7,7 @@ Without a book the names are exactly the seed's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .settings import Streams
 
@@ -22,7 +22,7 @@ class Keys:
     """Names for one book."""
 
     book: str = ""
-    streams: Streams = Streams()
+    streams: Streams = field(default_factory=Streams)
 
     def name(self, bare: str) -> str:
         """`bare` as this book spells it: the one place the book prefix is applied."""

@@ -38,9 +38,18 @@ def to_input(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> Input:
 class Listener:
     """Reads both input streams for one book through its consumer group."""
 
-    def __init__(self, redis: AnyRedis, engine: BookEngine, keys: Keys, *, group: str,
-                 consumer: str, count: int = 200, block_ms: int = 1000,
-                 claim_idle_ms: int = 10_000) -> None:
+    def __init__(
+        self,
+        redis: AnyRedis,
+        engine: BookEngine,
+        keys: Keys,
+        *,
+        group: str,
+        consumer: str,
+        count: int = 200,
+        block_ms: int = 1000,
+        claim_idle_ms: int = 10_000,
+    ) -> None:
         # `redis` must allow a blocking read longer than block_ms (socket_timeout).
         self.redis = redis
         self.engine = engine
@@ -80,8 +89,11 @@ class Listener:
         start = "0" if pending else ">"
         try:
             reply = await self.redis.xreadgroup(
-                self.group, self.consumer, {s: start for s in self._streams},
-                count=self.count, block=block_ms,
+                self.group,
+                self.consumer,
+                {s: start for s in self._streams},
+                count=self.count,
+                block=block_ms,
             )
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
@@ -99,7 +111,11 @@ class Listener:
             cursor = "0-0"
             while True:
                 reply = await self.redis.xautoclaim(
-                    stream, self.group, self.consumer, self.claim_idle_ms, start_id=cursor,
+                    stream,
+                    self.group,
+                    self.consumer,
+                    self.claim_idle_ms,
+                    start_id=cursor,
                     count=self.count,
                 )
                 # [cursor, entries] on 6.2, [cursor, entries, deleted] on 7: never unpack 3.

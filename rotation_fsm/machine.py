@@ -7,6 +7,7 @@ the check the commit makes against the persisted state, and the diagrams in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
@@ -39,6 +40,7 @@ FINAL = frozenset({State.CONFIRMED, State.TIMED_OUT, State.CLOSE_REJECTED, State
 
 S = State
 # One edge per line: trigger, source(s), destination, guard.
+# fmt: off
 TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "lock", "source": S.IDLE, "dest": S.LOCKED},
     {"trigger": "emit_close", "source": S.LOCKED, "dest": S.CLOSE_EMITTED},
@@ -56,6 +58,7 @@ TRANSITIONS: list[dict[str, Any]] = [
      "conditions": ["close_executed", "not_yet_late_confirmed"]},
     {"trigger": "extend", "source": S.CLOSE_EMITTED, "dest": None},
 ]
+# fmt: on
 
 
 class IllegalTransition(Exception):
@@ -75,6 +78,7 @@ class Guards:
     """
 
     state: str
+    trigger: Callable[[str], bool]  # attached by transitions when the cursor is added
     now_ms: int = 0
     deadline_ms: int = 0
     executed: bool = False

@@ -27,8 +27,9 @@ class MemoryBook:
     permits: dict[str, int] = field(default_factory=dict)
     blocks: dict[str, str] = field(default_factory=dict)
 
-    def feed(self, inputs: Sequence[Input], market: Market, rules: Rules,
-             now_ms: int) -> list[Effect]:
+    def feed(
+        self, inputs: Sequence[Input], market: Market, rules: Rules, now_ms: int
+    ) -> list[Effect]:
         """Decide `inputs` as the engine would and record what it emits."""
         effects = decide_batch(inputs, self.view, market, rules, now_ms)
         for effect in effects:

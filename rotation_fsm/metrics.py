@@ -21,25 +21,39 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.decisions = Counter("rotation_decisions", "Plans decided",
-                                 ["decision", "reason"], registry=self.registry)
-        self.events = Counter("rotation_events", "Rotation events emitted", ["event"],
-                              registry=self.registry)
-        self.dead_letters = Counter("rotation_dead_letters", "Entries dead-lettered",
-                                    ["stream"], registry=self.registry)
-        self.transitions = Counter("rotation_transitions", "Rotation records saved by state",
-                                   ["state"], registry=self.registry)
+        self.decisions = Counter(
+            "rotation_decisions", "Plans decided", ["decision", "reason"], registry=self.registry
+        )
+        self.events = Counter(
+            "rotation_events", "Rotation events emitted", ["event"], registry=self.registry
+        )
+        self.dead_letters = Counter(
+            "rotation_dead_letters", "Entries dead-lettered", ["stream"], registry=self.registry
+        )
+        self.transitions = Counter(
+            "rotation_transitions",
+            "Rotation records saved by state",
+            ["state"],
+            registry=self.registry,
+        )
         # Read from Redis when scraped (http.py), so it is right after a restart too.
-        self.in_flight = Gauge("rotation_in_flight", "Rotations in flight", ["book"],
-                               registry=self.registry)
+        self.in_flight = Gauge(
+            "rotation_in_flight", "Rotations in flight", ["book"], registry=self.registry
+        )
         self.latency = Histogram(
-            "rotation_decision_latency_seconds", "Plan entry written → decision committed",
+            "rotation_decision_latency_seconds",
+            "Plan entry written → decision committed",
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-            registry=self.registry)
-        self.conflicts = Counter("rotation_commit_conflicts", "Commits refused by the version "
-                                 "guard (another replica moved first)", registry=self.registry)
-        self.redis_up = Gauge("rotation_redis_up", "1 when the last Redis call succeeded",
-                              registry=self.registry)
+            registry=self.registry,
+        )
+        self.conflicts = Counter(
+            "rotation_commit_conflicts",
+            "Commits refused by the version guard (another replica moved first)",
+            registry=self.registry,
+        )
+        self.redis_up = Gauge(
+            "rotation_redis_up", "1 when the last Redis call succeeded", registry=self.registry
+        )
 
     def observe(self, effects: Sequence[Effect], now_ms: int) -> None:
         """Count what one commit did."""

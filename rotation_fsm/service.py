@@ -45,8 +45,13 @@ def connect(settings: Settings, *, blocking: bool = False) -> AnyRedis:
     timeout = None if blocking else 5.0
     if settings.redis_cluster:
         return RedisCluster.from_url(settings.redis_url, socket_timeout=timeout, retry=retry)
-    return Redis.from_url(settings.redis_url, socket_timeout=timeout, retry=retry,
-                          socket_connect_timeout=2.0, health_check_interval=15)
+    return Redis.from_url(
+        settings.redis_url,
+        socket_timeout=timeout,
+        retry=retry,
+        socket_connect_timeout=2.0,
+        health_check_interval=15,
+    )
 
 
 @dataclass
@@ -62,8 +67,13 @@ class Running:
     http_port: int = 0
 
 
-async def supervise(name: str, step: Callable[[], Awaitable[None]], stop: asyncio.Event,
-                    health: Health, metrics: Metrics) -> None:
+async def supervise(
+    name: str,
+    step: Callable[[], Awaitable[None]],
+    stop: asyncio.Event,
+    health: Health,
+    metrics: Metrics,
+) -> None:
     """Run `step` until stop; on a Redis outage mark not ready and retry with backoff."""
     delay = 0.1
     while not stop.is_set():
@@ -80,22 +90,37 @@ async def supervise(name: str, step: Callable[[], Awaitable[None]], stop: asynci
             delay = min(5.0, delay * 2) * (0.8 + 0.4 * random.random())
 
 
-async def run_engine(settings: Settings, *, stop: asyncio.Event | None = None,
-                     started: Callable[[Running], None] | None = None,
-                     rules: Callable[[], Rules] | None = None) -> int:
+async def run_engine(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    started: Callable[[Running], None] | None = None,
+    rules: Callable[[], Rules] | None = None,
+) -> int:
     """Run one book's engine until `stop` (or SIGTERM/SIGINT) and return the exit code."""
     stop = stop or asyncio.Event()
     keys = Keys(book=settings.book, streams=settings.streams)
     redis, reader = connect(settings), connect(settings, blocking=True)
     exchange = ExchangeClient(settings.binance_base_url, settings.api_key, settings.api_secret)
     await exchange.start()
-    store = Store(redis, keys, group=settings.consumer_group, retention_s=settings.retention_s,
-                  audit_maxlen=settings.audit_maxlen)
+    store = Store(
+        redis,
+        keys,
+        group=settings.consumer_group,
+        retention_s=settings.retention_s,
+        audit_maxlen=settings.audit_maxlen,
+    )
     engine = BookEngine(store, exchange, rules or (lambda: settings.rules))
     metrics, health = Metrics(), Health(stores={settings.book: store})
     engine.observers.append(metrics.observe)
-    listener = Listener(reader, engine, keys, group=settings.consumer_group,
-                        consumer=settings.consumer_name, claim_idle_ms=settings.claim_idle_ms)
+    listener = Listener(
+        reader,
+        engine,
+        keys,
+        group=settings.consumer_group,
+        consumer=settings.consumer_name,
+        claim_idle_ms=settings.claim_idle_ms,
+    )
     timer = Timer(redis, engine, keys)
     runner = web.AppRunner(make_app(health, metrics), access_log=None)
     await runner.setup()
@@ -120,14 +145,22 @@ async def run_engine(settings: Settings, *, stop: asyncio.Event | None = None,
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=timer.interval_s)
 
-    log.info("rotation-fsm running: book=%r redis=%s http=%s:%d consumer=%s/%s",
-             settings.book, _safe_url(settings.redis_url), settings.http_host, port,
-             settings.consumer_group, settings.consumer_name)
+    log.info(
+        "rotation-fsm running: book=%r redis=%s http=%s:%d consumer=%s/%s",
+        settings.book,
+        _safe_url(settings.redis_url),
+        settings.http_host,
+        port,
+        settings.consumer_group,
+        settings.consumer_name,
+    )
     if started:
         started(running)
     try:
-        await asyncio.gather(supervise("listener", listen_step, stop, health, metrics),
-                             supervise("timer", timer_step, stop, health, metrics))
+        await asyncio.gather(
+            supervise("listener", listen_step, stop, health, metrics),
+            supervise("timer", timer_step, stop, health, metrics),
+        )
     finally:
         await runner.cleanup()
         await exchange.close()

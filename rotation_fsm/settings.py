@@ -111,9 +111,7 @@ RULE_SPECS: dict[str, _Spec] = {
         "rotation_threshold", "0.15", _non_negative_float, "a number >= 0"
     ),
     "GOV_MAX_CORRELATION": _Spec("max_correlation", "0.80", _positive_float, "a number > 0"),
-    "GOV_MAX_MARGIN_USAGE_PCT": _Spec(
-        "max_margin_usage", "0.65", _positive_float, "a number > 0"
-    ),
+    "GOV_MAX_MARGIN_USAGE_PCT": _Spec("max_margin_usage", "0.65", _positive_float, "a number > 0"),
     "GOV_MAX_CONCURRENT_ROTATIONS": _Spec(
         "max_concurrent_rotations", "1", _positive_int, "a whole number >= 1"
     ),
@@ -241,8 +239,9 @@ def _redis_url(env: Mapping[str, str]) -> str:
     return f"redis://{host}:{port}/{db}"
 
 
-def _simple(env: Mapping[str, str], name: str, default: str, parse: Callable[[str], T],
-            expected: str) -> T:
+def _simple(
+    env: Mapping[str, str], name: str, default: str, parse: Callable[[str], T], expected: str
+) -> T:
     value: T = _read(env, name, _Spec("", default, parse, expected))
     return value
 
@@ -271,7 +270,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         claim_idle_ms=_simple(
             env, "GOV_CLAIM_IDLE_MS", "10000", _positive_int, "milliseconds >= 1"
         ),
-        retention_s=_simple(
-            env, "GOV_RETENTION_S", "604800", _positive_float, "seconds > 0"
-        ),
+        retention_s=_simple(env, "GOV_RETENTION_S", "604800", _positive_float, "seconds > 0"),
     )

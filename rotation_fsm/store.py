@@ -21,8 +21,8 @@ from redis.asyncio.cluster import RedisCluster
 from .decide import (
     Ack,
     BookView,
-    Decided,
     DeadLetter,
+    Decided,
     Effect,
     Emit,
     ForgetDeadline,
@@ -42,10 +42,10 @@ from .machine import IN_FLIGHT
 from .messages import (
     BadEntry,
     Reservation,
+    RotationRecord,
     encode_json,
     plan_record_decoder,
     reservation_decoder,
-    RotationRecord,
     rotation_from_hash,
     rotation_to_hash,
     to_fields,
@@ -74,16 +74,29 @@ class _Ops:
 class Store:
     """One book's state in Redis."""
 
-    def __init__(self, redis: AnyRedis, keys: Keys, *, group: str, retention_s: float,
-                 audit_maxlen: int = 100_000) -> None:
+    def __init__(
+        self,
+        redis: AnyRedis,
+        keys: Keys,
+        *,
+        group: str,
+        retention_s: float,
+        audit_maxlen: int = 100_000,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.group = group
         self.retention_ms = int(retention_s * 1000)
         self.audit_maxlen = audit_maxlen
         self._commit = redis.register_script(COMMIT_LUA)
-        self._stream = {"plans": keys.plans, "results": keys.results, "events": keys.events,
-                        "decisions": keys.decisions, "dlq": keys.dlq, "audit": keys.audit}
+        self._stream = {
+            "plans": keys.plans,
+            "results": keys.results,
+            "events": keys.events,
+            "decisions": keys.decisions,
+            "dlq": keys.dlq,
+            "audit": keys.audit,
+        }
 
     # ------------------------------------------------------------ load
 
@@ -111,10 +124,14 @@ class Store:
             policy_raw=policy,
             reservations=_reservations(reservations),
             inflight={m.decode() for m in inflight},
-            plans={pid: plan_record_decoder.decode(raw)
-                   for pid, raw in zip(plan_ids, plan_raw, strict=True) if raw is not None},
-            close_index={cid: raw.decode()
-                         for cid, raw in zip(close_ids, close_raw, strict=True) if raw},
+            plans={
+                pid: plan_record_decoder.decode(raw)
+                for pid, raw in zip(plan_ids, plan_raw, strict=True)
+                if raw is not None
+            },
+            close_index={
+                cid: raw.decode() for cid, raw in zip(close_ids, close_raw, strict=True) if raw
+            },
             entry_confidence={s.decode(): float(v) for s, v in confidence.items()},
         )
         wanted = view.inflight | set(view.close_index.values())
@@ -158,8 +175,13 @@ class Store:
         k = self.keys
         match effect:
             case Emit(stream=stream, fields=fields):
-                ops.add("XADD", self._stream[stream], *_maxlen(stream, self.audit_maxlen), "*",
-                        *_flat(fields))
+                ops.add(
+                    "XADD",
+                    self._stream[stream],
+                    *_maxlen(stream, self.audit_maxlen),
+                    "*",
+                    *_flat(fields),
+                )
             case DeadLetter():
                 ops.add("XADD", k.dlq, "*", *_flat(effect.entry()))
             case Decided(decision=d, permit=permit):
@@ -167,13 +189,16 @@ class Store:
                 if d.decision == "ALLOW":
                     ops.add("DEL", k.block(d.plan_id))
                     if permit:
-                        body = {"granted": True, "symbol": d.symbol, "decision": "EXECUTE",
-                                "created_at": float(d.timestamp), "consumed": False}
-                        ops.add("SET", k.permit(d.plan_id), encode_json(body), "EX",
-                                PERMIT_TTL_S)
+                        body = {
+                            "granted": True,
+                            "symbol": d.symbol,
+                            "decision": "EXECUTE",
+                            "created_at": float(d.timestamp),
+                            "consumed": False,
+                        }
+                        ops.add("SET", k.permit(d.plan_id), encode_json(body), "EX", PERMIT_TTL_S)
                 else:
-                    body = {"reason": d.reason, "timestamp": float(d.timestamp),
-                            "symbol": d.symbol}
+                    body = {"reason": d.reason, "timestamp": float(d.timestamp), "symbol": d.symbol}
                     ops.add("SET", k.block(d.plan_id), encode_json(body), "EX", BLOCK_TTL_S)
             case SaveRotation(record=rec):
                 self._save_rotation(ops, rec, now_ms)
@@ -197,15 +222,19 @@ class Store:
         k = self.keys
         key = k.rotation(rec.rotation_id)
         ops.add("HSET", key, *_flat(rotation_to_hash(rec)))
-        ops.add("SET", k.close_index(rec.close_plan_id), rec.rotation_id, "PX",
-                self.retention_ms)
+        ops.add("SET", k.close_index(rec.close_plan_id), rec.rotation_id, "PX", self.retention_ms)
         if rec.state in IN_FLIGHT:
             ops.add("SADD", k.inflight, rec.rotation_id)
             ops.add("ZADD", k.deadlines, rec.deadline_ms, rec.rotation_id)
-            lock = {"new_symbol": rec.new_symbol, "new_plan_id": rec.new_plan_id,
-                    "close_symbol": rec.close_symbol, "close_plan_id": rec.close_plan_id,
-                    "created_at": rec.created_ms / 1000, "rotation_id": rec.rotation_id,
-                    "deadline": rec.deadline_ms / 1000}
+            lock = {
+                "new_symbol": rec.new_symbol,
+                "new_plan_id": rec.new_plan_id,
+                "close_symbol": rec.close_symbol,
+                "close_plan_id": rec.close_plan_id,
+                "created_at": rec.created_ms / 1000,
+                "rotation_id": rec.rotation_id,
+                "deadline": rec.deadline_ms / 1000,
+            }
             ops.add("SET", k.lock(rec.new_plan_id), encode_json(lock))
         else:
             ops.add("SREM", k.inflight, rec.rotation_id)

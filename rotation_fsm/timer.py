@@ -9,6 +9,7 @@ makes sure exactly one replica fires each timeout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -23,9 +24,16 @@ log = logging.getLogger("rotation_fsm.timer")
 class Timer:
     """Fires the timeouts of one book."""
 
-    def __init__(self, redis: AnyRedis, engine: BookEngine, keys: Keys, *,
-                 interval_s: float = 0.1, batch: int = 500,
-                 clock: Callable[[], int] = wall_ms) -> None:
+    def __init__(
+        self,
+        redis: AnyRedis,
+        engine: BookEngine,
+        keys: Keys,
+        *,
+        interval_s: float = 0.1,
+        batch: int = 500,
+        clock: Callable[[], int] = wall_ms,
+    ) -> None:
         self.redis = redis
         self.engine = engine
         self.keys = keys
@@ -39,10 +47,8 @@ class Timer:
         while not stop.is_set():
             due = await self.run_once()
             if due < self.batch:  # a full batch means more are overdue: go again now
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
-                except TimeoutError:
-                    pass
 
     async def run_once(self) -> int:
         """Hand every overdue rotation (up to `batch`) to the engine; return the count."""

@@ -11,46 +11,86 @@ from rotation_fsm.settings import Rules
 
 NOW_MS = 1_770_135_000_000
 HOUR_MS = 3_600_000
-UNIVERSE = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "NEWUSDT",
-            "BNBUSDT", "AVAXUSDT", "LINKUSDT"]
+UNIVERSE = [
+    "BTCUSDT",
+    "ETHUSDT",
+    "SOLUSDT",
+    "XRPUSDT",
+    "ADAUSDT",
+    "DOGEUSDT",
+    "NEWUSDT",
+    "BNBUSDT",
+    "AVAXUSDT",
+    "LINKUSDT",
+]
 
 
 def plan(plan_id: str = "a1b2c3d4e5f67890", symbol: str = "NEWUSDT", **extra: Any) -> Plan:
-    fields = {"plan_id": plan_id, "symbol": symbol, "decision": "EXECUTE", "action": "OPEN_LONG",
-              "side": "BUY", "qty": 0.1, **extra}
+    fields = {
+        "plan_id": plan_id,
+        "symbol": symbol,
+        "decision": "EXECUTE",
+        "action": "OPEN_LONG",
+        "side": "BUY",
+        "qty": 0.1,
+        **extra,
+    }
     return Plan(**fields)
 
 
-def plan_fields(plan_id: str = "a1b2c3d4e5f67890", symbol: str = "NEWUSDT",
-                **extra: str) -> dict[str, str]:
+def plan_fields(
+    plan_id: str = "a1b2c3d4e5f67890", symbol: str = "NEWUSDT", **extra: str
+) -> dict[str, str]:
     """A plan as the intent bridge writes it to the stream: all strings."""
-    return {"plan_id": plan_id, "symbol": symbol, "decision": "EXECUTE", "action": "OPEN_LONG",
-            "side": "BUY", "qty": "0.1", "timestamp": "1770135000.0", **extra}
+    return {
+        "plan_id": plan_id,
+        "symbol": symbol,
+        "decision": "EXECUTE",
+        "action": "OPEN_LONG",
+        "side": "BUY",
+        "qty": "0.1",
+        "timestamp": "1770135000.0",
+        **extra,
+    }
 
 
-def result(plan_id: str, *, executed: bool = True, reduce_only: bool = True,
-           symbol: str = "OLDUSDT") -> Result:
+def result(
+    plan_id: str, *, executed: bool = True, reduce_only: bool = True, symbol: str = "OLDUSDT"
+) -> Result:
     return Result(plan_id=plan_id, symbol=symbol, executed=executed, reduce_only=reduce_only)
 
 
-def result_fields(plan_id: str, *, executed: bool = True, reduce_only: bool = True,
-                  symbol: str = "OLDUSDT") -> dict[str, str]:
-    return {"plan_id": plan_id, "symbol": symbol, "executed": str(executed).lower(),
-            "reduceOnly": str(reduce_only).lower(), "timestamp": "1770135150.0"}
+def result_fields(
+    plan_id: str, *, executed: bool = True, reduce_only: bool = True, symbol: str = "OLDUSDT"
+) -> dict[str, str]:
+    return {
+        "plan_id": plan_id,
+        "symbol": symbol,
+        "executed": str(executed).lower(),
+        "reduceOnly": str(reduce_only).lower(),
+        "timestamp": "1770135150.0",
+    }
 
 
-def position(symbol: str, pnl_pct: float = 0.0, *, age_h: float = 1.0,
-             now_ms: int = NOW_MS) -> Position:
+def position(
+    symbol: str, pnl_pct: float = 0.0, *, age_h: float = 1.0, now_ms: int = NOW_MS
+) -> Position:
     """An open position of notional 1000 with the given pnl fraction."""
-    return Position(symbol=symbol, position_amt=10.0, mark_price=100.0,
-                    unrealized_profit=pnl_pct * 1000.0,
-                    update_time_ms=now_ms - int(age_h * HOUR_MS))
+    return Position(
+        symbol=symbol,
+        position_amt=10.0,
+        mark_price=100.0,
+        unrealized_profit=pnl_pct * 1000.0,
+        update_time_ms=now_ms - int(age_h * HOUR_MS),
+    )
 
 
 def market(*positions: Position, usage: float = 0.1, **kw: Any) -> Market:
-    return Market(positions=list(positions),
-                  account=Account(total_initial_margin=usage * 1000, total_margin_balance=1000),
-                  **kw)
+    return Market(
+        positions=list(positions),
+        account=Account(total_initial_margin=usage * 1000, total_margin_balance=1000),
+        **kw,
+    )
 
 
 def exchange_down() -> Market:

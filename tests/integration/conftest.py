@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+
 from tests.integration.harness import EngineProcess, Stack, open_stack
 
 

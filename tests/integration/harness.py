@@ -59,15 +59,22 @@ class Stack:
     def env(self, **extra: str) -> dict[str, str]:
         """The environment an engine of this stack runs with."""
         return {
-            "REDIS_URL": self.redis_url, "BINANCE_BASE_URL": self.exchange_url,
-            "BINANCE_API_KEY": API_KEY, "BINANCE_API_SECRET": API_SECRET,
-            "METRICS_PORT": "0", "GOV_MAX_CORRELATION": "1", "GOV_CLAIM_IDLE_MS": "1000",
+            "REDIS_URL": self.redis_url,
+            "BINANCE_BASE_URL": self.exchange_url,
+            "BINANCE_API_KEY": API_KEY,
+            "BINANCE_API_SECRET": API_SECRET,
+            "METRICS_PORT": "0",
+            "GOV_MAX_CORRELATION": "1",
+            "GOV_CLAIM_IDLE_MS": "1000",
             **extra,
         }
 
     async def set_policy(self, symbols: list[str] | None = None) -> None:
-        await self.redis.hset(self.keys.policy, "universe_symbols",
-                              json.dumps(UNIVERSE if symbols is None else symbols))
+        await self.redis.hset(
+            self.keys.policy,
+            "universe_symbols",
+            json.dumps(UNIVERSE if symbols is None else symbols),
+        )
 
     async def start_engine(self, **extra: str) -> Running:
         """An engine in this process (its own task); returns once it is consuming."""
@@ -83,15 +90,18 @@ class Stack:
         # The engine creates the groups before its first read; the plan a test
         # writes next must come after that (groups start at `$`).
         for _ in range(500):
-            groups = await self.redis.xinfo_groups(self.keys.plans) if await self.redis.exists(
-                self.keys.plans) else []
+            groups = (
+                await self.redis.xinfo_groups(self.keys.plans)
+                if await self.redis.exists(self.keys.plans)
+                else []
+            )
             if groups:
                 return
             await asyncio.sleep(0.01)  # readiness probe of another task, not a sync sleep
         raise TimeoutError("engine never created its consumer groups")
 
     async def stop_engines(self) -> None:
-        for task, running in self.engines:
+        for _, running in self.engines:
             running.stop.set()
         for task, _ in self.engines:
             with contextlib.suppress(Exception):
@@ -99,22 +109,36 @@ class Stack:
         self.engines.clear()
 
     async def send_plan(self, plan_id: str, symbol: str = "NEWUSDT", **extra: str) -> str:
-        fields = {"plan_id": plan_id, "symbol": symbol, "decision": "EXECUTE",
-                  "action": "OPEN_LONG", "side": "BUY", "qty": "0.1",
-                  "timestamp": f"{time.time():.3f}", **extra}
+        fields = {
+            "plan_id": plan_id,
+            "symbol": symbol,
+            "decision": "EXECUTE",
+            "action": "OPEN_LONG",
+            "side": "BUY",
+            "qty": "0.1",
+            "timestamp": f"{time.time():.3f}",
+            **extra,
+        }
         return _text(await self.redis.xadd(self.keys.plans, fields))
 
     async def send_raw(self, stream: str, fields: dict[bytes, bytes]) -> str:
         return _text(await self.redis.xadd(stream, fields))
 
-    async def send_result(self, plan_id: str, *, executed: bool = True,
-                          reduce_only: bool = True, symbol: str = "X") -> str:
-        fields = {"plan_id": plan_id, "symbol": symbol, "executed": str(executed).lower(),
-                  "reduceOnly": str(reduce_only).lower(), "timestamp": f"{time.time():.3f}"}
+    async def send_result(
+        self, plan_id: str, *, executed: bool = True, reduce_only: bool = True, symbol: str = "X"
+    ) -> str:
+        fields = {
+            "plan_id": plan_id,
+            "symbol": symbol,
+            "executed": str(executed).lower(),
+            "reduceOnly": str(reduce_only).lower(),
+            "timestamp": f"{time.time():.3f}",
+        }
         return _text(await self.redis.xadd(self.keys.results, fields))
 
-    async def next_entry(self, stream: str, match: dict[str, str],
-                         timeout_s: float = 10.0) -> dict[str, str]:
+    async def next_entry(
+        self, stream: str, match: dict[str, str], timeout_s: float = 10.0
+    ) -> dict[str, str]:
         """The next entry of `stream` (after the last one this test consumed there)
         whose fields include `match`; blocks on XREAD, never polls."""
         deadline = time.monotonic() + timeout_s
@@ -142,8 +166,7 @@ class Stack:
         return [fields_of(raw) for _, raw in await self.redis.xrange(stream)]
 
     async def decisions_for(self, plan_id: str) -> list[dict[str, str]]:
-        return [d for d in await self.all_entries(self.keys.decisions)
-                if d["plan_id"] == plan_id]
+        return [d for d in await self.all_entries(self.keys.decisions) if d["plan_id"] == plan_id]
 
     def fill_book(self, *symbols: str) -> None:
         """Open positions on the paper exchange, the last one the weakest."""
@@ -156,8 +179,9 @@ class Stack:
 async def paper_exchange() -> AsyncIterator[tuple[PaperBook, str]]:
     """The paper exchange on a loopback port."""
     book = PaperBook()
-    server = TestServer(make_app(book, api_key=API_KEY, api_secret=API_SECRET),
-                        host="127.0.0.1", port=0)
+    server = TestServer(
+        make_app(book, api_key=API_KEY, api_secret=API_SECRET), host="127.0.0.1", port=0
+    )
     await server.start_server()
     try:
         yield book, f"http://127.0.0.1:{server.port}"
@@ -169,8 +193,11 @@ async def paper_exchange() -> AsyncIterator[tuple[PaperBook, str]]:
 async def open_stack(redis_url: str) -> AsyncIterator[Stack]:
     """A stack on `redis_url` with a policy; engines stopped when it closes."""
     # The test's own client reconnects too: some tests restart the server under it.
-    redis = Redis.from_url(redis_url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 10),
-                           retry_on_error=[RedisConnectionError, RedisTimeoutError])
+    redis = Redis.from_url(
+        redis_url,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 10),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
     async with paper_exchange() as (book, url):
         s = Stack(redis_url=redis_url, redis=redis, exchange=book, exchange_url=url)
         await s.set_policy()
@@ -191,8 +218,10 @@ class EngineProcess:
 
     async def start(self, timeout_s: float = 15.0) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rotation_fsm.cli", "run"], env=self.env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [sys.executable, "-m", "rotation_fsm.cli", "run"],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         await self.wait_for_line("rotation-fsm running", timeout_s)
 
@@ -202,8 +231,9 @@ class EngineProcess:
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            raw = await asyncio.wait_for(loop.run_in_executor(None, stderr.readline),
-                                         max(0.1, deadline - time.monotonic()))
+            raw = await asyncio.wait_for(
+                loop.run_in_executor(None, stderr.readline), max(0.1, deadline - time.monotonic())
+            )
             if not raw:
                 break
             line = raw.decode(errors="replace").rstrip()

@@ -58,8 +58,9 @@ async def test_scenario_3_confirmed_close_allows_the_entry_without_a_resend(stac
     await stack.send_result(ev["close_plan_id"], symbol=ev["close_symbol"])
     done = await stack.event(R.EV_COMPLETE)
     assert done["rotation_id"] == ev["rotation_id"]
-    d = await stack.next_entry(stack.keys.decisions, {"plan_id": "a1b2c3d4e5f67890",
-                                                      "decision": R.ALLOW})
+    d = await stack.next_entry(
+        stack.keys.decisions, {"plan_id": "a1b2c3d4e5f67890", "decision": R.ALLOW}
+    )
     assert d["reason"] == R.ROTATION_COMPLETE
     assert await stack.redis.exists(stack.keys.permit("a1b2c3d4e5f67890"))
     assert not await stack.redis.exists(stack.keys.lock("a1b2c3d4e5f67890"))
@@ -76,8 +77,9 @@ async def test_scenario_4_timeout_fires_without_a_resend(stack: Stack):
     lag_ms = rec.ended_ms - rec.deadline_ms
     assert 0 <= lag_ms < 1000, f"timed out {lag_ms} ms after the deadline"
     assert 1.0 <= float(timeout["lock_age"]) < 2.0
-    d = await stack.next_entry(stack.keys.decisions, {"plan_id": "a1b2c3d4e5f67890",
-                                                      "reason": R.ROTATION_TIMEOUT})
+    d = await stack.next_entry(
+        stack.keys.decisions, {"plan_id": "a1b2c3d4e5f67890", "reason": R.ROTATION_TIMEOUT}
+    )
     assert d["decision"] == R.BLOCK
 
 
@@ -143,8 +145,9 @@ async def test_the_same_plan_twice_emits_one_close(stack: Stack):
     first = await stack.decision("a1b2c3d4e5f67890")
     second = await stack.decision("a1b2c3d4e5f67890")
     assert first["reason"] == second["reason"] == R.WAITING_ROTATION_CLOSE
-    closes = [p for p in await stack.all_entries(stack.keys.plans)
-              if p.get("rotation_trigger") == "true"]
+    closes = [
+        p for p in await stack.all_entries(stack.keys.plans) if p.get("rotation_trigger") == "true"
+    ]
     assert len(closes) == 1
 
 
@@ -163,9 +166,15 @@ async def test_last_free_slot_raced_by_two_replicas_goes_to_one(stack: Stack):
     await stack.start_engine(**SLOTS, GOV_CONSUMER_NAME="replica-b")
     async with stack.redis.pipeline(transaction=False) as pipe:
         for i in range(20):  # many plans at once so both replicas get some
-            pipe.xadd(stack.keys.plans, {"plan_id": f"race-{i:02d}", "symbol": "NEWUSDT"
-                                         if i % 2 else "BNBUSDT", "decision": "EXECUTE",
-                                         "action": "OPEN_LONG"})
+            pipe.xadd(
+                stack.keys.plans,
+                {
+                    "plan_id": f"race-{i:02d}",
+                    "symbol": "NEWUSDT" if i % 2 else "BNBUSDT",
+                    "decision": "EXECUTE",
+                    "action": "OPEN_LONG",
+                },
+            )
         await pipe.execute()
     decisions = [await stack.decision(f"race-{i:02d}") for i in range(20)]
     allowed = [d for d in decisions if d["reason"] == R.SLOTS_AVAILABLE]
@@ -190,8 +199,9 @@ async def test_a_bad_setting_stops_start_up_with_one_line(stack: Stack, engine_p
     import sys
 
     env = {**stack.env(), "GOV_ACTIVE_SLOTS_BASE": "abc"}
-    out = subprocess.run([sys.executable, "-m", "rotation_fsm.cli", "run"], env=env,
-                         capture_output=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "rotation_fsm.cli", "run"], env=env, capture_output=True, timeout=30
+    )
     assert out.returncode == 2
     lines = out.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "GOV_ACTIVE_SLOTS_BASE='abc'" in lines[0]
@@ -223,8 +233,9 @@ async def test_secrets_never_reach_logs_or_streams(stack: Stack, engine_process)
     await stack.send_plan("p-secret")
     await stack.decision("p-secret", timeout_s=20)
     proc.terminate()
-    produced = "\n".join(proc.log_lines) + (proc.proc.stderr.read().decode() if proc.proc and
-                                            proc.proc.stderr else "")
+    produced = "\n".join(proc.log_lines) + (
+        proc.proc.stderr.read().decode() if proc.proc and proc.proc.stderr else ""
+    )
     for stream in (stack.keys.decisions, stack.keys.events, stack.keys.dlq):
         produced += repr(await stack.redis.xrange(stream))
     assert "test-secret-BBBB2222" not in produced and "test-key-AAAA1111" not in produced
@@ -241,8 +252,10 @@ async def test_latency_of_free_slot_decisions_is_reported(stack: Stack):
         await stack.decision(f"lat-{i}")
         samples.append((time.perf_counter() - start) * 1000)
     samples.sort()
-    print(f"\nfree-slot decision latency over 200 sequential plans: "
-          f"p50={samples[100]:.2f} ms p99={samples[198]:.2f} ms")
+    print(
+        f"\nfree-slot decision latency over 200 sequential plans: "
+        f"p50={samples[100]:.2f} ms p99={samples[198]:.2f} ms"
+    )
     assert len(samples) == 200
 
 

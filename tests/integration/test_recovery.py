@@ -21,8 +21,9 @@ async def rotation(stack: Stack, rotation_id: str):
 
 
 async def closes(stack: Stack) -> list[dict[str, str]]:
-    return [p for p in await stack.all_entries(stack.keys.plans)
-            if p.get("rotation_trigger") == "true"]
+    return [
+        p for p in await stack.all_entries(stack.keys.plans) if p.get("rotation_trigger") == "true"
+    ]
 
 
 async def test_kill9_after_the_close_then_confirmation_while_down(stack: Stack, engine_process):
@@ -34,15 +35,17 @@ async def test_kill9_after_the_close_then_confirmation_while_down(stack: Stack, 
     await stack.send_result(lock["close_plan_id"], symbol=lock["close_symbol"])
     await engine_process(stack.env(**SLOTS))
     await stack.event(R.EV_COMPLETE)
-    d = await stack.next_entry(stack.keys.decisions, {"plan_id": "a1b2c3d4e5f67890",
-                                                      "decision": R.ALLOW})
+    d = await stack.next_entry(
+        stack.keys.decisions, {"plan_id": "a1b2c3d4e5f67890", "decision": R.ALLOW}
+    )
     assert d["reason"] == R.ROTATION_COMPLETE
     assert len(await closes(stack)) == 1
     assert (await rotation(stack, lock["rotation_id"])).state == "CONFIRMED"
 
 
 async def test_kill9_then_the_deadline_passes_and_the_timeout_fires_after_restart(
-        stack: Stack, engine_process):
+    stack: Stack, engine_process
+):
     stack.fill_book("BTCUSDT", "ETHUSDT", "SOLUSDT")
     env = stack.env(**SLOTS, GOV_ROTATION_LOCK_TTL="1.5")
     first = await engine_process(env)
@@ -58,8 +61,9 @@ async def test_kill9_then_the_deadline_passes_and_the_timeout_fires_after_restar
     done = await rotation(stack, lock["rotation_id"])
     assert done.state == "TIMED_OUT"
     assert done.ended_ms / 1000 - restarted_at < 5.0
-    d = await stack.next_entry(stack.keys.decisions, {"plan_id": "a1b2c3d4e5f67890",
-                                                      "reason": R.ROTATION_TIMEOUT})
+    d = await stack.next_entry(
+        stack.keys.decisions, {"plan_id": "a1b2c3d4e5f67890", "reason": R.ROTATION_TIMEOUT}
+    )
     assert d["decision"] == R.BLOCK
 
 
@@ -85,7 +89,8 @@ async def test_redis_restarted_with_aof_mid_rotation_completes(redis_factory):
         server.restart()
         await stack.send_result(lock["close_plan_id"], symbol=lock["close_symbol"])
         await stack.event(R.EV_COMPLETE, timeout_s=30)
-        d = await stack.next_entry(stack.keys.decisions, {"plan_id": "a1b2c3d4e5f67890",
-                                                          "decision": R.ALLOW}, timeout_s=30)
+        d = await stack.next_entry(
+            stack.keys.decisions, {"plan_id": "a1b2c3d4e5f67890", "decision": R.ALLOW}, timeout_s=30
+        )
         assert d["reason"] == R.ROTATION_COMPLETE
         assert len(await closes(stack)) == 1

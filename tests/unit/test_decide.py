@@ -52,16 +52,25 @@ def test_free_slot_is_allowed_with_a_permit_and_a_reservation(book):
 
 
 def test_full_book_emits_one_close_for_the_weakest_and_blocks(book):
-    mkt, rot = start_rotation(book)
+    _mkt, rot = start_rotation(book)
     weakest = book_of(3)[-1].symbol
     assert rot.state == "CLOSE_EMITTED" and rot.close_symbol == weakest
     (close,) = book.close_plans
     assert close == {
-        "plan_id": f"rot_a1b2c3d4_{weakest}", "symbol": weakest,
-        "action": "FULL_CLOSE_PROPOSED", "side": "CLOSE", "qty": "0", "reduceOnly": "true",
-        "decision": "EXECUTE", "source": "rotation-fsm", "kill_score": "0",
-        "rotation_trigger": "true", "new_symbol": "NEWUSDT", "new_plan_id": "a1b2c3d4e5f67890",
-        "timestamp": close["timestamp"], "rotation_id": rot.rotation_id,
+        "plan_id": f"rot_a1b2c3d4_{weakest}",
+        "symbol": weakest,
+        "action": "FULL_CLOSE_PROPOSED",
+        "side": "CLOSE",
+        "qty": "0",
+        "reduceOnly": "true",
+        "decision": "EXECUTE",
+        "source": "rotation-fsm",
+        "kill_score": "0",
+        "rotation_trigger": "true",
+        "new_symbol": "NEWUSDT",
+        "new_plan_id": "a1b2c3d4e5f67890",
+        "timestamp": close["timestamp"],
+        "rotation_id": rot.rotation_id,
     }
     (event,) = book.events
     assert event["event"] == R.EV_LOCK_CREATED and event["state"] == "CLOSE_EMITTED"
@@ -99,14 +108,20 @@ def test_a_resend_while_waiting_is_told_to_wait_and_starts_nothing(book):
     mkt, rot = start_rotation(book)
     d = send(book, plan(), mkt, NOW_MS + 1000)
     assert (d.decision, d.reason, d.rotation_id) == (
-        R.BLOCK, R.WAITING_ROTATION_CLOSE, rot.rotation_id)
+        R.BLOCK,
+        R.WAITING_ROTATION_CLOSE,
+        rot.rotation_id,
+    )
     assert len(book.close_plans) == 1 and len(book.view.rotations) == 1
 
 
 @pytest.mark.parametrize(
     ("outcome", "reason"),
-    [("timeout", R.ROTATION_TIMEOUT), ("reject", R.ROTATION_CLOSE_REJECTED),
-     ("confirm", R.ROTATION_COMPLETE)],
+    [
+        ("timeout", R.ROTATION_TIMEOUT),
+        ("reject", R.ROTATION_CLOSE_REJECTED),
+        ("confirm", R.ROTATION_COMPLETE),
+    ],
 )
 def test_a_final_decision_is_answered_again_unchanged(book, outcome, reason):
     mkt, rot = start_rotation(book)
@@ -134,8 +149,9 @@ def test_a_redelivered_entry_writes_nothing(book):
 
 def test_rejected_close_blocks_the_plan(book):
     _, rot = start_rotation(book)
-    book.feed([ResultIn("9-0", result(rot.close_plan_id, executed=False))], market(), rules(),
-              NOW_MS + 10)
+    book.feed(
+        [ResultIn("9-0", result(rot.close_plan_id, executed=False))], market(), rules(), NOW_MS + 10
+    )
     assert book.view.rotations[rot.rotation_id].state == "CLOSE_REJECTED"
     assert book.events[-1]["event"] == R.EV_CLOSE_REJECTED
     assert book.blocks["a1b2c3d4e5f67890"] == R.ROTATION_CLOSE_REJECTED
@@ -145,8 +161,9 @@ def test_confirmation_after_timeout_is_recorded_once_and_admits_nothing(book):
     _, rot = start_rotation(book)
     book.feed([Tick(rot.rotation_id)], market(), rules(), rot.deadline_ms)
     late = ResultIn("9-0", result(rot.close_plan_id))
-    book.feed([late, ResultIn("9-1", result(rot.close_plan_id))], market(), rules(),
-              rot.deadline_ms + 10)
+    book.feed(
+        [late, ResultIn("9-1", result(rot.close_plan_id))], market(), rules(), rot.deadline_ms + 10
+    )
     assert [e["event"] for e in book.events].count(R.EV_LATE_CONFIRM) == 1
     assert book.view.rotations[rot.rotation_id].state == "TIMED_OUT"
     assert book.permits == {}
@@ -154,24 +171,42 @@ def test_confirmation_after_timeout_is_recorded_once_and_admits_nothing(book):
 
 def test_executed_without_reduce_only_is_not_a_confirmation(book):
     _, rot = start_rotation(book)
-    book.feed([ResultIn("9-0", result(rot.close_plan_id, reduce_only=False))], market(),
-              rules(), NOW_MS + 10)
+    book.feed(
+        [ResultIn("9-0", result(rot.close_plan_id, reduce_only=False))],
+        market(),
+        rules(),
+        NOW_MS + 10,
+    )
     assert book.view.rotations[rot.rotation_id].state == "CLOSE_EMITTED"
 
 
 def test_two_plans_on_a_full_book_close_two_different_positions(book):
     mkt = market(*book_of(3))
     rl = rules(max_concurrent_rotations=2)
-    book.feed([PlanIn("1-0", plan("planAAAA-1", "NEWUSDT")),
-               PlanIn("1-1", plan("planBBBB-2", "BNBUSDT"))], mkt, rl, NOW_MS)
+    book.feed(
+        [
+            PlanIn("1-0", plan("planAAAA-1", "NEWUSDT")),
+            PlanIn("1-1", plan("planBBBB-2", "BNBUSDT")),
+        ],
+        mkt,
+        rl,
+        NOW_MS,
+    )
     targets = [c["symbol"] for c in book.close_plans]
     assert len(targets) == 2 and len(set(targets)) == 2
 
 
 def test_concurrency_cap_blocks_a_second_rotation_and_a_resend_is_decided_afresh(book):
     mkt = market(*book_of(3))
-    book.feed([PlanIn("1-0", plan("planAAAA-1", "NEWUSDT")),
-               PlanIn("1-1", plan("planBBBB-2", "BNBUSDT"))], mkt, rules(), NOW_MS)
+    book.feed(
+        [
+            PlanIn("1-0", plan("planAAAA-1", "NEWUSDT")),
+            PlanIn("1-1", plan("planBBBB-2", "BNBUSDT")),
+        ],
+        mkt,
+        rules(),
+        NOW_MS,
+    )
     assert book.last_decision("planBBBB-2").reason == R.ROTATION_IN_PROGRESS
     rot = next(iter(book.view.rotations.values()))
     book.feed([ResultIn("2-0", result(rot.close_plan_id))], mkt, rules(), NOW_MS + 10)
@@ -181,8 +216,15 @@ def test_concurrency_cap_blocks_a_second_rotation_and_a_resend_is_decided_afresh
 
 def test_last_free_slot_raced_in_one_batch_goes_to_one_plan(book):
     mkt = market(*book_of(2))
-    book.feed([PlanIn("1-0", plan("planAAAA-1", "NEWUSDT")),
-               PlanIn("1-1", plan("planBBBB-2", "BNBUSDT"))], mkt, rules(), NOW_MS)
+    book.feed(
+        [
+            PlanIn("1-0", plan("planAAAA-1", "NEWUSDT")),
+            PlanIn("1-1", plan("planBBBB-2", "BNBUSDT")),
+        ],
+        mkt,
+        rules(),
+        NOW_MS,
+    )
     reasons = sorted(book.last_decision(p).reason for p in ("planAAAA-1", "planBBBB-2"))
     assert reasons == sorted([R.SLOTS_AVAILABLE, R.WAITING_ROTATION_CLOSE])
     assert sum(book.permits.values()) == 1
@@ -245,8 +287,12 @@ def test_own_symbol_open_or_reserved_takes_no_new_slot(book):
 
 def test_reservation_ends_on_a_failed_execution(book):
     d = send(book, plan("p-1"), market())
-    book.feed([ResultIn("2-0", result("p-1", executed=False, reduce_only=False))], market(),
-              rules(), NOW_MS + 1)
+    book.feed(
+        [ResultIn("2-0", result("p-1", executed=False, reduce_only=False))],
+        market(),
+        rules(),
+        NOW_MS + 1,
+    )
     assert d.reason == R.SLOTS_AVAILABLE and book.view.reservations == {}
 
 

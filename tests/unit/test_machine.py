@@ -41,10 +41,7 @@ def test_edges_are_exactly_the_table():
 @pytest.mark.parametrize(("state", "trigger"), list(itertools.product(State, Trigger)))
 def test_every_state_trigger_pair(state, trigger):
     expected = EXPECTED.get((trigger, state))
-    if trigger is Trigger.REJECT:
-        facts = {**PASSING, "executed": False}
-    else:
-        facts = PASSING
+    facts = {**PASSING, "executed": False} if trigger is Trigger.REJECT else PASSING
     if expected is None:
         assert not is_legal(state, trigger)
         with pytest.raises(IllegalTransition) as err:

@@ -8,8 +8,15 @@ GOOD = {b"plan_id": b"p-1", b"symbol": b"BTCUSDT", b"decision": b"EXECUTE"}
 
 
 def test_plan_with_strings_for_everything_parses():
-    plan = parse_plan({**GOOD, b"qty": b"0.5", b"reduceOnly": b"TRUE", b"confidence": b"1e-1",
-                       b"unknown": b"kept-and-ignored"})
+    plan = parse_plan(
+        {
+            **GOOD,
+            b"qty": b"0.5",
+            b"reduceOnly": b"TRUE",
+            b"confidence": b"1e-1",
+            b"unknown": b"kept-and-ignored",
+        }
+    )
     assert plan.qty == 0.5 and plan.reduce_only is True and plan.confidence == 0.1
 
 
@@ -57,6 +64,7 @@ def test_close_actions_are_closes():
 def test_result_requires_executed():
     with pytest.raises(BadEntry, match="executed"):
         parse_result({b"plan_id": b"r", b"symbol": b"S"})
-    result = parse_result({b"plan_id": b"r", b"symbol": b"S", b"executed": b"false",
-                           b"error": b"insufficient margin"})
+    result = parse_result(
+        {b"plan_id": b"r", b"symbol": b"S", b"executed": b"false", b"error": b"insufficient margin"}
+    )
     assert result.executed is False and result.error == "insufficient margin"

@@ -45,7 +45,8 @@ async def test_a_rotation_commits_every_key_together(store):
     lock = json.loads(await r.get(k.lock("a1b2c3d4e5f67890")))
     assert lock["close_plan_id"] == rec.close_plan_id
     assert json.loads(await r.get(k.block("a1b2c3d4e5f67890")))["reason"] == (
-        R.WAITING_ROTATION_CLOSE)
+        R.WAITING_ROTATION_CLOSE
+    )
     assert await r.xlen(k.plans) == 1 and await r.xlen(k.events) == 1
     assert await r.xlen(k.decisions) == 1
     assert await r.get(k.version) == b"1"
@@ -56,8 +57,9 @@ async def test_confirmation_ends_the_rotation_and_cleans_its_indexes(store):
     r, k = store.redis, store.keys
     (rotation_id,) = [m.decode() for m in await r.smembers(k.inflight)]
     rec = await store.rotation(rotation_id)
-    await decide_and_commit(store, [ResultIn("2-0", result(rec.close_plan_id))], Market(),
-                            NOW_MS + 10)
+    await decide_and_commit(
+        store, [ResultIn("2-0", result(rec.close_plan_id))], Market(), NOW_MS + 10
+    )
     assert (await store.rotation(rotation_id)).state == "CONFIRMED"
     assert await r.scard(k.inflight) == 0 and await r.zcard(k.deadlines) == 0
     assert await r.get(k.lock("a1b2c3d4e5f67890")) is None
@@ -87,8 +89,9 @@ async def test_commit_refuses_a_command_outside_the_allow_list(store):
 
 async def test_acks_are_part_of_the_commit(store):
     r, k = store.redis, store.keys
-    entry_id = (await r.xadd(k.plans, {"plan_id": "p", "symbol": "NEWUSDT",
-                                       "decision": "EXECUTE"})).decode()
+    entry_id = (
+        await r.xadd(k.plans, {"plan_id": "p", "symbol": "NEWUSDT", "decision": "EXECUTE"})
+    ).decode()
     await r.xreadgroup("rotation-fsm", "c1", {k.plans: ">"})
     assert (await r.xpending(k.plans, "rotation-fsm"))["pending"] == 1
     await decide_and_commit(store, [PlanIn(entry_id, plan("p"))], market())
