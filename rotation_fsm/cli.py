@@ -34,12 +34,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
 
 
+def _cmd_diagram(args: argparse.Namespace) -> int:
+    from .diagram import render
+
+    print(render(args.format), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rotation-fsm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the engine (configured from the environment)")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_cmd_run)
+    diagram = sub.add_parser("diagram", help="print the state diagram from the machine")
+    diagram.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+    diagram.set_defaults(func=_cmd_diagram)
     return parser
 
 

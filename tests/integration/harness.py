@@ -147,7 +147,8 @@ class Stack:
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0:
                 raise TimeoutError(f"no entry {match} on {stream}")
-            reply = await self.redis.xread({stream: cursor}, count=100, block=left_ms)
+            # Each block stays under redis-py's 5 s socket timeout; the loop waits longer.
+            reply = await self.redis.xread({stream: cursor}, count=100, block=min(left_ms, 2000))
             for _, entries in reply or []:
                 for entry_id, raw in entries:
                     cursor = _text(entry_id)
