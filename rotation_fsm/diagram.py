@@ -306,5 +306,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def command(args: argparse.Namespace) -> int:
+    """`rotation-fsm diagram --format mermaid|dot`."""
+    sys.stdout.write(render(args.format))
+    return 0
+
+
 if __name__ == "__main__":
     sys.exit(main())

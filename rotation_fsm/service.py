@@ -15,6 +15,7 @@ import random
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from redis.asyncio import Redis
@@ -190,3 +191,22 @@ def _install_signals(stop: asyncio.Event) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
+
+
+def command(args: Any) -> int:
+    """`rotation-fsm run`: settings from the environment; a bad one exits 2 in one line."""
+    import sys
+
+    from .cli import setup_logging
+    from .settings import SettingError, load_settings
+
+    try:
+        settings = load_settings()
+    except SettingError as exc:
+        print(f"rotation-fsm: bad setting: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(getattr(args, "verbose", False))
+    try:
+        return asyncio.run(run_engine(settings))
+    except KeyboardInterrupt:
+        return 0
