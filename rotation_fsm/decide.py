@@ -17,7 +17,7 @@ import msgspec
 
 from . import reasons as R
 from .machine import FINAL, IN_FLIGHT, State, Trigger, fire
-from .market import Account, Kline, Position
+from .market import Position
 from .messages import (
     ClosePlan,
     Decision,
@@ -29,7 +29,7 @@ from .messages import (
     RotationRecord,
     to_fields,
 )
-from .regime import Regime, RegimeReading, classify
+from .regime import Regime, RegimeReading
 from .settings import Rules
 from .slots import (
     PolicyError,
@@ -42,6 +42,7 @@ from .slots import (
     too_correlated,
     weakest,
 )
+from .snapshot import Market
 
 # ---------------------------------------------------------------- inputs
 
@@ -67,11 +68,26 @@ class BadIn(msgspec.Struct, frozen=True, tag="bad"):
 
     stream: str  # "plans" | "results"
     entry_id: str
-    fields: dict[bytes, bytes]
+    fields: list[tuple[bytes, bytes]]  # pairs, not a dict: JSON keys cannot be bytes
     error: str
 
 
-Input = PlanIn | ResultIn | Tick | BadIn
+class Abort(msgspec.Struct, frozen=True, tag="abort"):
+    """An operator aborts a rotation in flight."""
+
+    rotation_id: str
+    by: str
+
+
+class Extend(msgspec.Struct, frozen=True, tag="extend"):
+    """An operator moves a rotation's deadline."""
+
+    rotation_id: str
+    deadline_ms: int
+    by: str
+
+
+Input = PlanIn | ResultIn | Tick | BadIn | Abort | Extend
 
 # ---------------------------------------------------------------- effects
 
@@ -102,7 +118,7 @@ class DeadLetter(msgspec.Struct, frozen=True, tag="dead_letter"):
 
     stream: str
     entry_id: str
-    fields: dict[bytes, bytes]
+    fields: list[tuple[bytes, bytes]]
     error: str
 
     def entry(self) -> dict[bytes, bytes]:
@@ -112,7 +128,7 @@ class DeadLetter(msgspec.Struct, frozen=True, tag="dead_letter"):
             b"entry_id": self.entry_id.encode(),
             b"stream": self.stream.encode(),
         }
-        out = {(b"orig_" + k if k in meta else k): v for k, v in self.fields.items()}
+        out = {(b"orig_" + k if k in meta else k): v for k, v in self.fields}
         out.update(meta)
         return out
 
@@ -160,33 +176,13 @@ Effect = (
 # ---------------------------------------------------------------- state
 
 
-class Market(msgspec.Struct, kw_only=True):
-    """What the exchange said for one batch (or what was recorded, in replay).
-
-    `klines[symbol]` is None when fetching failed. `positions` is None when the
-    positions could not be had; `account` likewise.
-    """
-
-    positions: list[Position] | None = None
-    positions_error: str = ""
-    account: Account | None = None
-    account_error: str = ""
-    klines: dict[str, list[Kline] | None] = msgspec.field(default_factory=dict)
-
-    def reading(self, symbol: str) -> RegimeReading:
-        return classify(self.klines.get(symbol) or [])
-
-    @property
-    def open_symbols(self) -> frozenset[str]:
-        return frozenset(p.symbol for p in self.positions or [])
-
-
 @dataclass
 class BookView:
     """The part of a book's Redis state one batch needs, and the outputs so far."""
 
     version: int = 0
     policy_raw: bytes | str | None = None
+    settings_raw: dict[str, str] = field(default_factory=dict)
     reservations: dict[str, Reservation] = field(default_factory=dict)
     inflight: set[str] = field(default_factory=set)
     rotations: dict[str, RotationRecord] = field(default_factory=dict)
@@ -411,15 +407,11 @@ def _correlation_block(ctx: _Ctx) -> list[Effect] | None:
     others = ctx.market.open_symbols - {ctx.plan.symbol}
     if not others:
         return None
-    own = ctx.market.klines.get(ctx.plan.symbol)
-    series = {s: ctx.market.klines.get(s) for s in others}
-    if own is None or any(v is None for v in series.values()):
+    if ({ctx.plan.symbol} | others) & set(ctx.market.klines_missing):
         # Klines we could not fetch are not "no correlation": fail closed.
         return _answer(ctx, R.BLOCK, R.POSITIONS_UNAVAILABLE, final=False)
-    hit = too_correlated(
-        own, {s: v for s, v in series.items() if v is not None}, ctx.rules.max_correlation
-    )
-    if hit is None:
+    row = ctx.market.correlations.get(ctx.plan.symbol, {})
+    if too_correlated(row, ctx.rules.max_correlation) is None:
         return None
     return _answer(ctx, R.BLOCK, R.CORRELATION_TOO_HIGH, final=False)
 
@@ -660,6 +652,30 @@ def decide_tick(rotation_id: str, view: BookView, rules: Rules, now_ms: int) -> 
     )
 
 
+def decide_abort(
+    rec: RotationRecord, view: BookView, rules: Rules, now_ms: int, by: str
+) -> list[Effect]:
+    """Abort a rotation in flight; the machine refuses (IllegalTransition) once final."""
+    fire(rec.state, Trigger.ABORT)
+    return _end_blocked(
+        rec, Trigger.ABORT, State.ABORTED, R.EV_ABORTED, R.ROTATION_ABORTED, view, rules,
+        now_ms, by=by,
+    )
+
+
+def decide_extend(rec: RotationRecord, deadline_ms: int, now_ms: int, by: str) -> list[Effect]:
+    """Move the deadline of a rotation waiting for its close (the timer honours it)."""
+    state = fire(rec.state, Trigger.EXTEND)
+    moved = msgspec.structs.replace(
+        _moved(rec, Trigger.EXTEND, str(state), now_ms), deadline_ms=deadline_ms
+    )
+    event = _event(
+        R.EV_DEADLINE_CHANGED, moved, now_ms, old_deadline=_ts(rec.deadline_ms),
+        new_deadline=_ts(deadline_ms), by=by,
+    )
+    return [SaveRotation(moved), Emit("events", to_fields(event))]
+
+
 # ---------------------------------------------------------------- batches
 
 
@@ -690,7 +706,22 @@ def decide_one(
             return decide_tick(rotation_id, view, rules, now_ms)
         case BadIn(stream=stream, entry_id=entry_id, fields=raw, error=error):
             return [DeadLetter(stream, entry_id, raw, error), Ack(stream, entry_id)]
+        case Abort(rotation_id=rotation_id, by=by):
+            return decide_abort(_known(view, rotation_id), view, rules, now_ms, by)
+        case Extend(rotation_id=rotation_id, deadline_ms=deadline_ms, by=by):
+            return decide_extend(_known(view, rotation_id), deadline_ms, now_ms, by)
     raise TypeError(f"unknown input {item!r}")
+
+
+class UnknownRotation(KeyError):
+    """An operator named a rotation id the book does not have."""
+
+
+def _known(view: BookView, rotation_id: str) -> RotationRecord:
+    rec = view.rotations.get(rotation_id)
+    if rec is None:
+        raise UnknownRotation(rotation_id)
+    return rec
 
 
 def decide_batch(

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from . import reasons as R
+from .audit import batch_entry, seed_of
 from .decide import (
     BookView,
     DeadLetter,
@@ -28,7 +29,8 @@ from .decide import (
     decide_batch,
 )
 from .market import Account, Kline, Position
-from .settings import Rules
+from .settings import Rules, overlay
+from .snapshot import build_market
 from .store import Store
 
 log = logging.getLogger("rotation_fsm")
@@ -66,27 +68,28 @@ def needs_market(inputs: Sequence[Input], rules: Rules) -> list[str]:
 async def fetch_market(exchange: Exchange, symbols: list[str], rules: Rules) -> Market:
     """One snapshot for a batch. Failures are recorded, never raised: the core
     turns a missing answer into a fail-closed block."""
-    market = Market()
     if not symbols:
-        return market
+        return Market()
     try:
-        market.positions = await exchange.positions()
+        positions = await exchange.positions()
     except Exception as exc:  # any failure of the exchange fails closed
-        market.positions_error = str(exc)
-        return market
+        return Market(positions=None, positions_error=str(exc))
+    account, account_error = None, ""
     if rules.margin_gate_on:
         try:
-            market.account = await exchange.account()
+            account = await exchange.account()
         except Exception as exc:
-            market.account_error = str(exc)
+            account_error = str(exc)
     wanted = set(symbols)
     if rules.correlation_gate_on:
-        wanted |= market.open_symbols
+        wanted |= {p.symbol for p in positions}
     ordered = sorted(wanted)
     answers = await asyncio.gather(*(exchange.klines(s) for s in ordered), return_exceptions=True)
-    for symbol, answer in zip(ordered, answers, strict=True):
-        market.klines[symbol] = None if isinstance(answer, BaseException) else answer
-    return market
+    klines = {
+        s: (None if isinstance(a, BaseException) else a)
+        for s, a in zip(ordered, answers, strict=True)
+    }
+    return build_market(positions, account, klines, symbols, account_error=account_error)
 
 
 class BookEngine:
@@ -96,17 +99,19 @@ class BookEngine:
         self,
         store: Store,
         exchange: Exchange,
-        rules: Callable[[], Rules],
+        rules: Rules,
         *,
         clock: Callable[[], int] = wall_ms,
         max_attempts: int = 100,
     ) -> None:
         self.store = store
         self.exchange = exchange
-        self.rules = rules
+        self.base_rules = rules  # from the environment
+        self.rules = rules  # in force: the environment overlaid with the live settings
         self.clock = clock
         self.max_attempts = max_attempts
         self._lock = asyncio.Lock()
+        self._bad_settings: set[tuple[str, str]] = set()
         self.conflicts = 0
         self.observers: list[Callable[[Sequence[Effect], int], None]] = []
 
@@ -114,22 +119,39 @@ class BookEngine:
         """Decide `inputs` and commit their effects exactly once; return the effects."""
         if not inputs:
             return []
-        rules = self.rules()
-        market = await fetch_market(self.exchange, needs_market(inputs, rules), rules)
+        wanted = needs_market(inputs, self.rules)
+        market = await fetch_market(self.exchange, wanted, self.rules)
         async with self._lock:
             for attempt in range(self.max_attempts):
                 view = await self.store.load(inputs, market)
+                rules = self._live(view.settings_raw)
+                if set(needs_market(inputs, rules)) - set(wanted):
+                    # The live settings changed under us (e.g. resumed): ask again.
+                    wanted = needs_market(inputs, rules)
+                    market = await fetch_market(self.exchange, wanted, rules)
+                    continue
                 now_ms = self.clock()
-                version = view.version
+                seed = seed_of(view)
                 effects = decide_batch(inputs, view, market, rules, now_ms)
-                if await self.store.commit(version, effects, now_ms):
+                if effects:
+                    effects.append(batch_entry(inputs, seed, market, rules, now_ms, effects))
+                if await self.store.commit(seed.version, effects, now_ms):
                     self._report(effects, now_ms)
                     return effects
                 self.conflicts += 1
-                # Another replica committed in between: back off a little, jittered
-                # by attempt so two replicas do not keep colliding in step.
+                # Another replica committed in between: back off a little, growing
+                # with the attempt so two replicas do not keep colliding in step.
                 await asyncio.sleep(min(0.05, 0.001 * (attempt + 1)))
         raise CommitConflict(f"gave up after {self.max_attempts} conflicting commits")
+
+    def _live(self, raw: dict[str, str]) -> Rules:
+        rules, errors = overlay(self.base_rules, raw, self.rules)
+        for err in errors:
+            if (err.name, err.value) not in self._bad_settings:  # say it once, not per batch
+                self._bad_settings.add((err.name, err.value))
+                log.error("live setting refused, last good value kept: %s", err)
+        self.rules = rules
+        return rules
 
     def _report(self, effects: Sequence[Effect], now_ms: int) -> None:
         for effect in effects:

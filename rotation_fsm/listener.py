@@ -32,7 +32,7 @@ def to_input(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> Input:
             return PlanIn(entry_id, parse_plan(fields))
         return ResultIn(entry_id, parse_result(fields))
     except BadEntry as exc:
-        return BadIn(stream, entry_id, dict(fields), str(exc))
+        return BadIn(stream, entry_id, list(fields.items()), str(exc))
 
 
 class Listener:

@@ -31,7 +31,7 @@ from .http import Health, make_app
 from .keys import Keys
 from .listener import Listener
 from .metrics import Metrics
-from .settings import Rules, Settings
+from .settings import Settings
 from .store import AnyRedis, Store
 from .timer import Timer
 
@@ -96,7 +96,6 @@ async def run_engine(
     *,
     stop: asyncio.Event | None = None,
     started: Callable[[Running], None] | None = None,
-    rules: Callable[[], Rules] | None = None,
 ) -> int:
     """Run one book's engine until `stop` (or SIGTERM/SIGINT) and return the exit code."""
     stop = stop or asyncio.Event()
@@ -111,7 +110,7 @@ async def run_engine(
         retention_s=settings.retention_s,
         audit_maxlen=settings.audit_maxlen,
     )
-    engine = BookEngine(store, exchange, rules or (lambda: settings.rules))
+    engine = BookEngine(store, exchange, settings.rules)
     metrics, health = Metrics(), Health(stores={settings.book: store})
     engine.observers.append(metrics.observe)
     listener = Listener(

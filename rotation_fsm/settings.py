@@ -169,6 +169,40 @@ def rules_from(env: Mapping[str, str], base: Rules | None = None) -> Rules:
     return Rules(**values)
 
 
+def overlay(
+    base: Rules, live: Mapping[str, str], last: Rules
+) -> tuple[Rules, list[SettingError]]:
+    """`base` (the environment) overridden by the live settings hash.
+
+    A live value that fails validation is reported and the last good value of
+    that setting (`last`) stays in force (contract §7): never a crash.
+    """
+    values: dict[str, Any] = {}
+    errors: list[SettingError] = []
+    for name, spec in RULE_SPECS.items():
+        if name not in live:
+            values[spec.attr] = getattr(base, spec.attr)
+            continue
+        try:
+            values[spec.attr] = spec.parse(live[name])
+        except ValueError:
+            errors.append(SettingError(name, live[name], spec.expected))
+            values[spec.attr] = getattr(last, spec.attr)
+    return Rules(**values), errors
+
+
+def validate_rule(name: str, value: str) -> str:
+    """`value` as it will be stored for rule `name`; SettingError if it is refused."""
+    spec = RULE_SPECS.get(name)
+    if spec is None:
+        raise SettingError(name, value, "one of " + ", ".join(sorted(RULE_SPECS)))
+    try:
+        spec.parse(value)
+    except ValueError:
+        raise SettingError(name, value, spec.expected) from None
+    return value.strip()
+
+
 def rule_value_text(rules: Rules, name: str) -> str:
     """The value of rule `name` spelled as an environment variable would be."""
     value = getattr(rules, RULE_SPECS[name].attr)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 
-from .market import Account, Kline, Position
-from .regime import Regime, correlation
+from .market import Account, Position
+from .regime import Regime
 from .settings import Rules
 
 
@@ -58,12 +58,10 @@ def over_margin(account: Account, limit: float) -> bool:
     return account.margin_usage > limit
 
 
-def too_correlated(
-    own: Sequence[Kline], others: Mapping[str, Sequence[Kline]], limit: float
-) -> tuple[str, float] | None:
+def too_correlated(row: Mapping[str, float | None], limit: float) -> tuple[str, float] | None:
     """The first other symbol (by name) whose returns correlate above `limit`, or None."""
-    for symbol in sorted(others):
-        value = correlation(own, others[symbol])
+    for symbol in sorted(row):
+        value = row[symbol]
         if value is not None and value > limit:
             return symbol, value
     return None

@@ -111,14 +111,15 @@ class Store:
             pipe.hgetall(k.reservations)
             pipe.smembers(k.inflight)
             pipe.hgetall(k.entry_confidence)
+            pipe.hgetall(k.settings)
             for plan_id in plan_ids:
                 pipe.get(k.plan(plan_id))
             for close_id in close_ids:
                 pipe.get(k.close_index(close_id))
             replies = await pipe.execute()
-        version, policy, reservations, inflight, confidence = replies[:5]
-        plan_raw = replies[5 : 5 + len(plan_ids)]
-        close_raw = replies[5 + len(plan_ids) :]
+        version, policy, reservations, inflight, confidence, live = replies[:6]
+        plan_raw = replies[6 : 6 + len(plan_ids)]
+        close_raw = replies[6 + len(plan_ids) :]
         view = BookView(
             version=int(version or 0),
             policy_raw=policy,
@@ -133,6 +134,9 @@ class Store:
                 cid: raw.decode() for cid, raw in zip(close_ids, close_raw, strict=True) if raw
             },
             entry_confidence={s.decode(): float(v) for s, v in confidence.items()},
+            settings_raw={
+                k.decode(errors="replace"): v.decode(errors="replace") for k, v in live.items()
+            },
         )
         wanted = view.inflight | set(view.close_index.values())
         wanted |= {i.rotation_id for i in inputs if isinstance(i, Tick)}

@@ -352,7 +352,7 @@ def test_permits_off_means_decisions_only(book):
 
 
 def test_a_bad_entry_is_dead_lettered_with_its_bytes(book):
-    bad = BadIn("plans", "7-0", {b"symbol": b"\xff", b"error": b"x"}, "invalid UTF-8")
+    bad = BadIn("plans", "7-0", [(b"symbol", b"\xff"), (b"error", b"x")], "invalid UTF-8")
     book.feed([bad], market(), rules(), NOW_MS)
     (dl,) = book.dead_letters
     entry = dl.entry()

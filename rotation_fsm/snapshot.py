@@ -1,0 +1,82 @@
+"""What one batch was decided on: positions, account, regime readings, correlations.
+
+Pure. The shell builds a `Market` from exchange answers with `build_market`;
+the audit stream records it as it is, and replay feeds it back to the core —
+so it holds the *numbers* the decision used (regime readings, correlations),
+not the 100 raw klines per symbol they came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import msgspec
+
+from .market import Account, Kline, Position
+from .regime import RegimeReading, classify, correlation
+
+
+class Market(msgspec.Struct, kw_only=True):
+    """One batch's view of the exchange.
+
+    `positions` is None when they could not be had (fail closed); `account`
+    likewise. `readings` holds the regime of each plan symbol; `correlations`
+    maps a plan symbol to each other open symbol's correlation (None: no
+    variance or too little data). `klines_missing` lists symbols whose klines
+    could not be fetched at all.
+    """
+
+    positions: list[Position] | None = None
+    positions_error: str = ""
+    account: Account | None = None
+    account_error: str = ""
+    readings: dict[str, RegimeReading] = msgspec.field(default_factory=dict)
+    correlations: dict[str, dict[str, float | None]] = msgspec.field(default_factory=dict)
+    klines_missing: list[str] = msgspec.field(default_factory=list)
+
+    def reading(self, symbol: str) -> RegimeReading:
+        """The regime of `symbol`; UNKNOWN when nothing was read for it."""
+        found = self.readings.get(symbol)
+        return found if found is not None else classify([])
+
+    @property
+    def open_symbols(self) -> frozenset[str]:
+        return frozenset(p.symbol for p in self.positions or [])
+
+
+def build_market(
+    positions: list[Position] | None,
+    account: Account | None,
+    klines: Mapping[str, Sequence[Kline] | None],
+    plan_symbols: Iterable[str],
+    *,
+    positions_error: str = "",
+    account_error: str = "",
+) -> Market:
+    """The numbers the core needs, computed once per batch from raw answers.
+
+    `klines[s]` None means fetching failed for `s`.
+    """
+    open_symbols = sorted({p.symbol for p in positions or []})
+    readings: dict[str, RegimeReading] = {}
+    correlations: dict[str, dict[str, float | None]] = {}
+    for symbol in sorted(set(plan_symbols)):
+        own = klines.get(symbol)
+        readings[symbol] = classify(own or [])
+        if own is None:
+            continue
+        row: dict[str, float | None] = {}
+        for other in open_symbols:
+            theirs = klines.get(other)
+            if other != symbol and theirs is not None:
+                row[other] = correlation(own, theirs)
+        correlations[symbol] = row
+    return Market(
+        positions=positions,
+        positions_error=positions_error,
+        account=account,
+        account_error=account_error,
+        readings=readings,
+        correlations=correlations,
+        klines_missing=sorted(s for s, v in klines.items() if v is None),
+    )
