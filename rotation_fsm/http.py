@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,8 +12,10 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .controls import Controls, Refused
 from .machine import IN_FLIGHT
 from .metrics import Metrics
+from .settings import SettingError
 from .store import Store
 
 
@@ -31,6 +35,8 @@ class Health:
 
 HEALTH = web.AppKey("health", Health)
 METRICS = web.AppKey("metrics", Metrics)
+CONTROLS = web.AppKey("controls", dict[str, Controls])
+TOKEN = web.AppKey("token", str)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -83,13 +89,106 @@ async def _book_rotations(store: Store, limit: int) -> dict[str, Any]:
     }
 
 
-def make_app(health: Health, metrics_: Metrics) -> web.Application:
-    """The aiohttp application (no console yet)."""
+# ---------------------------------------------------------------- controls
+
+
+def _refuse(status: int, reason: str) -> web.Response:
+    return web.json_response({"ok": False, "error": reason}, status=status)
+
+
+def _check_token(request: web.Request) -> web.Response | None:
+    """Mutating endpoints need `Authorization: Bearer <GOV_HTTP_TOKEN>`; unset → refused."""
+    token = request.app[TOKEN]
+    if not token:
+        return _refuse(403, "mutating endpoints are disabled: GOV_HTTP_TOKEN is not set")
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        return _refuse(401, "missing or wrong bearer token")
+    return None
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _controls(request: web.Request) -> Controls | None:
+    book = request.query.get("book", "")
+    return request.app[CONTROLS].get(book)
+
+
+async def _control(request: web.Request, action: str) -> web.Response:
+    denied = _check_token(request)
+    if denied is not None:
+        return denied
+    controls = _controls(request)
+    if controls is None:
+        return _refuse(404, f"no book {request.query.get('book', '')!r} here")
+    body = await _body(request)
+    by = str(body.get("by") or request.headers.get("X-Operator") or "http")
+    try:
+        if action == "abort":
+            rec = await controls.abort(request.match_info["rotation_id"], by)
+            return web.json_response(
+                {"ok": True, "rotation_id": rec.rotation_id, "state": rec.state}
+            )
+        if action == "extend":
+            seconds = float(body.get("seconds", "nan"))
+            rec = await controls.extend(request.match_info["rotation_id"], seconds, by)
+            return web.json_response(
+                {"ok": True, "rotation_id": rec.rotation_id, "deadline_ms": rec.deadline_ms}
+            )
+        if action in ("pause", "resume"):
+            value = "true" if action == "pause" else "false"
+            await controls.set("GOV_ENTRIES_PAUSED", value, by)
+            return web.json_response({"ok": True, "GOV_ENTRIES_PAUSED": value})
+        name = request.match_info["name"]
+        old, new = await controls.set(name, str(body.get("value", "")), by)
+        return web.json_response({"ok": True, "name": name, "old": old, "new": new})
+    except (Refused, SettingError, ValueError) as exc:
+        return _refuse(409, str(exc))
+
+
+def _handler(action: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        return await _control(request, action)
+
+    return handle
+
+
+async def get_settings(request: web.Request) -> web.Response:
+    controls = _controls(request)
+    if controls is None:
+        return _refuse(404, "no such book")
+    return web.json_response(await controls.show())
+
+
+def make_app(
+    health: Health,
+    metrics_: Metrics,
+    *,
+    controls: dict[str, Controls] | None = None,
+    token: str = "",
+) -> web.Application:
+    """The aiohttp application: health, metrics, status and the operator controls."""
     app = web.Application()
     app[HEALTH] = health
     app[METRICS] = metrics_
+    app[CONTROLS] = controls or {}
+    app[TOKEN] = token
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/rotations", rotations)
+    app.router.add_get("/api/settings", get_settings)
+    app.router.add_put("/api/settings/{name}", _handler("set"))
+    app.router.add_post("/api/pause", _handler("pause"))
+    app.router.add_post("/api/resume", _handler("resume"))
+    app.router.add_post("/api/rotations/{rotation_id}/abort", _handler("abort"))
+    app.router.add_post("/api/rotations/{rotation_id}/extend", _handler("extend"))
     return app

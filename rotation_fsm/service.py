@@ -25,6 +25,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .controls import Controls
 from .engine import BookEngine
 from .exchange import ExchangeClient
 from .http import Health, make_app
@@ -122,7 +123,9 @@ async def run_engine(
         claim_idle_ms=settings.claim_idle_ms,
     )
     timer = Timer(redis, engine, keys)
-    runner = web.AppRunner(make_app(health, metrics), access_log=None)
+    controls = {settings.book: Controls(redis, keys, settings)}
+    app = make_app(health, metrics, controls=controls, token=settings.http_token)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.metrics_port)
     await site.start()

@@ -19,12 +19,14 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from .decide import (
+    Abort,
     Ack,
     BookView,
     DeadLetter,
     Decided,
     Effect,
     Emit,
+    Extend,
     ForgetDeadline,
     Input,
     Market,
@@ -139,7 +141,7 @@ class Store:
             },
         )
         wanted = view.inflight | set(view.close_index.values())
-        wanted |= {i.rotation_id for i in inputs if isinstance(i, Tick)}
+        wanted |= {i.rotation_id for i in inputs if isinstance(i, Tick | Abort | Extend)}
         await self._load_rotations(view, sorted(wanted))
         return view
 

@@ -54,7 +54,8 @@ class Stack:
     exchange_url: str
     keys: Keys = field(default_factory=Keys)
     engines: list[tuple[asyncio.Task[int], Running]] = field(default_factory=list)
-    cursors: dict[str, str] = field(default_factory=dict)
+    seen: dict[str, list[tuple[str, dict[str, str]]]] = field(default_factory=dict)
+    taken: dict[str, set[str]] = field(default_factory=dict)
 
     def env(self, **extra: str) -> dict[str, str]:
         """The environment an engine of this stack runs with."""
@@ -81,7 +82,13 @@ class Stack:
         settings = load_settings(self.env(**extra))
         started: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(run_engine(settings, started=started.set_result))
-        running = await asyncio.wait_for(started, 10)
+        done, _ = await asyncio.wait({task, started}, timeout=10,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if task in done:  # it ended before it started: show why
+            raise RuntimeError(f"engine exited at start: {task.exception() or task.result()}")
+        if not done:
+            raise TimeoutError("engine did not start within 10 s")
+        running = started.result()
         await self.until_groups()
         self.engines.append((task, running))
         return running
@@ -139,23 +146,29 @@ class Stack:
     async def next_entry(
         self, stream: str, match: dict[str, str], timeout_s: float = 10.0
     ) -> dict[str, str]:
-        """The next entry of `stream` (after the last one this test consumed there)
-        whose fields include `match`; blocks on XREAD, never polls."""
+        """The oldest entry of `stream` whose fields include `match` and that this test
+        has not taken yet; blocks on XREAD for new ones, never polls. Entries read
+        while looking for another match stay available (replicas decide out of order)."""
         deadline = time.monotonic() + timeout_s
-        cursor = self.cursors.get(stream, "0-0")
+        seen = self.seen.setdefault(stream, [])
+        taken = self.taken.setdefault(stream, set())
+        scanned = 0
         while True:
+            for entry_id, fields in seen[scanned:]:
+                if entry_id not in taken and all(fields.get(k) == v for k, v in match.items()):
+                    taken.add(entry_id)
+                    return fields
+            scanned = len(seen)
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0:
                 raise TimeoutError(f"no entry {match} on {stream}")
+            cursor = seen[-1][0] if seen else "0-0"
             # Each block stays under redis-py's 5 s socket timeout; the loop waits longer.
-            reply = await self.redis.xread({stream: cursor}, count=100, block=min(left_ms, 2000))
+            reply = await self.redis.xread({stream: cursor}, count=500, block=min(left_ms, 2000))
             for _, entries in reply or []:
-                for entry_id, raw in entries:
-                    cursor = _text(entry_id)
-                    fields = fields_of(raw)
-                    if all(fields.get(k) == v for k, v in match.items()):
-                        self.cursors[stream] = cursor
-                        return fields
+                seen.extend((_text(i), fields_of(raw)) for i, raw in entries)
+            if scanned:  # look again from the first entry not yet taken
+                scanned = 0
 
     async def decision(self, plan_id: str, timeout_s: float = 10.0) -> dict[str, str]:
         return await self.next_entry(self.keys.decisions, {"plan_id": plan_id}, timeout_s)
