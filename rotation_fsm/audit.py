@@ -101,12 +101,24 @@ def decided_of(effects: Sequence[Effect]) -> list[list[str]]:
 
 
 def batch_entry(
-    inputs: Sequence[Input], seed: ViewSeed, market: Market, rules: Rules, now_ms: int,
-    effects: Sequence[Effect], by: str = "",
+    inputs: Sequence[Input],
+    seed: ViewSeed,
+    market: Market,
+    rules: Rules,
+    now_ms: int,
+    effects: Sequence[Effect],
+    by: str = "",
 ) -> Emit:
     """The audit stream entry of one commit."""
-    record = AuditBatch(now_ms=now_ms, inputs=list(inputs), seed=seed, market=market,
-                        rules=rules, decided=decided_of(effects), by=by)
+    record = AuditBatch(
+        now_ms=now_ms,
+        inputs=list(inputs),
+        seed=seed,
+        market=market,
+        rules=rules,
+        decided=decided_of(effects),
+        by=by,
+    )
     return Emit("audit", {"kind": "batch", "body": _encode(record).decode()})
 
 

@@ -658,8 +658,15 @@ def decide_abort(
     """Abort a rotation in flight; the machine refuses (IllegalTransition) once final."""
     fire(rec.state, Trigger.ABORT)
     return _end_blocked(
-        rec, Trigger.ABORT, State.ABORTED, R.EV_ABORTED, R.ROTATION_ABORTED, view, rules,
-        now_ms, by=by,
+        rec,
+        Trigger.ABORT,
+        State.ABORTED,
+        R.EV_ABORTED,
+        R.ROTATION_ABORTED,
+        view,
+        rules,
+        now_ms,
+        by=by,
     )
 
 
@@ -670,8 +677,12 @@ def decide_extend(rec: RotationRecord, deadline_ms: int, now_ms: int, by: str) -
         _moved(rec, Trigger.EXTEND, str(state), now_ms), deadline_ms=deadline_ms
     )
     event = _event(
-        R.EV_DEADLINE_CHANGED, moved, now_ms, old_deadline=_ts(rec.deadline_ms),
-        new_deadline=_ts(deadline_ms), by=by,
+        R.EV_DEADLINE_CHANGED,
+        moved,
+        now_ms,
+        old_deadline=_ts(rec.deadline_ms),
+        new_deadline=_ts(deadline_ms),
+        by=by,
     )
     return [SaveRotation(moved), Emit("events", to_fields(event))]
 

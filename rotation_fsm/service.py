@@ -32,7 +32,7 @@ from .http import Health, make_app
 from .keys import Keys
 from .listener import Listener
 from .metrics import Metrics
-from .settings import Settings
+from .settings import Book, Settings
 from .store import AnyRedis, Store
 from .timer import Timer
 
@@ -57,16 +57,44 @@ def connect(settings: Settings, *, blocking: bool = False) -> AnyRedis:
 
 
 @dataclass
-class Running:
-    """Handles of a running engine (tests and the demo drive it through these)."""
+class BookRun:
+    """One book's parts inside a running engine process."""
 
+    name: str
     engine: BookEngine
     listener: Listener
     timer: Timer
+    exchange: ExchangeClient
+
+
+@dataclass
+class Running:
+    """Handles of a running engine (tests and the demo drive it through these).
+
+    `engine`, `listener` and `timer` are the first book's (usually the only one).
+    """
+
+    books: dict[str, BookRun]
     health: Health
     metrics: Metrics
     stop: asyncio.Event
     http_port: int = 0
+
+    @property
+    def _first(self) -> BookRun:
+        return next(iter(self.books.values()))
+
+    @property
+    def engine(self) -> BookEngine:
+        return self._first.engine
+
+    @property
+    def listener(self) -> Listener:
+        return self._first.listener
+
+    @property
+    def timer(self) -> Timer:
+        return self._first.timer
 
 
 async def supervise(
@@ -92,18 +120,8 @@ async def supervise(
             delay = min(5.0, delay * 2) * (0.8 + 0.4 * random.random())
 
 
-async def run_engine(
-    settings: Settings,
-    *,
-    stop: asyncio.Event | None = None,
-    started: Callable[[Running], None] | None = None,
-) -> int:
-    """Run one book's engine until `stop` (or SIGTERM/SIGINT) and return the exit code."""
-    stop = stop or asyncio.Event()
-    keys = Keys(book=settings.book, streams=settings.streams)
-    redis, reader = connect(settings), connect(settings, blocking=True)
-    exchange = ExchangeClient(settings.binance_base_url, settings.api_key, settings.api_secret)
-    await exchange.start()
+def _book_run(settings: Settings, book: Book, redis: AnyRedis, reader: AnyRedis) -> BookRun:
+    keys = Keys(book=book.name, streams=settings.streams)
     store = Store(
         redis,
         keys,
@@ -111,9 +129,8 @@ async def run_engine(
         retention_s=settings.retention_s,
         audit_maxlen=settings.audit_maxlen,
     )
+    exchange = ExchangeClient(book.binance_base_url, book.api_key, book.api_secret)
     engine = BookEngine(store, exchange, settings.rules)
-    metrics, health = Metrics(), Health(stores={settings.book: store})
-    engine.observers.append(metrics.observe)
     listener = Listener(
         reader,
         engine,
@@ -122,36 +139,65 @@ async def run_engine(
         consumer=settings.consumer_name,
         claim_idle_ms=settings.claim_idle_ms,
     )
-    timer = Timer(redis, engine, keys)
-    controls = {settings.book: Controls(redis, keys, settings)}
-    app = make_app(health, metrics, controls=controls, token=settings.http_token)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.http_host, settings.metrics_port)
-    await site.start()
-    port = runner.addresses[0][1] if runner.addresses else settings.metrics_port
-    running = Running(engine, listener, timer, health, metrics, stop, port)
-    _install_signals(stop)
+    return BookRun(book.name, engine, listener, Timer(redis, engine, keys), exchange)
+
+
+def _loops(run: BookRun, running: Running, ready: set[str], total: int) -> list[Awaitable[None]]:
+    """The supervised listener and timer of one book."""
+    health, metrics, stop = running.health, running.metrics, running.stop
 
     async def listen_step() -> None:
-        if not health.groups_ok:
-            await listener.ensure_groups()
-            health.groups_ok = True
-            await listener.run_once(pending=True)
-        await listener.run_once(block_ms=listener.block_ms)
+        if run.name not in ready:
+            await run.listener.ensure_groups()
+            await run.listener.run_once(pending=True)
+            ready.add(run.name)
+            health.groups_ok = len(ready) == total
+        await run.listener.run_once(block_ms=run.listener.block_ms)
         _mark_up(health, metrics)
 
     async def timer_step() -> None:
-        fired = await timer.run_once()
+        fired = await run.timer.run_once()
         _mark_up(health, metrics)
-        if fired < timer.batch:
+        if fired < run.timer.batch:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=timer.interval_s)
+                await asyncio.wait_for(stop.wait(), timeout=run.timer.interval_s)
 
+    tag = f"[{run.name}]" if run.name else ""
+    return [
+        supervise(f"listener{tag}", listen_step, stop, health, metrics),
+        supervise(f"timer{tag}", timer_step, stop, health, metrics),
+    ]
+
+
+async def run_engine(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    started: Callable[[Running], None] | None = None,
+) -> int:
+    """Run the engine for every configured book until `stop` (or SIGTERM/SIGINT)."""
+    stop = stop or asyncio.Event()
+    redis, reader = connect(settings), connect(settings, blocking=True)
+    books = {b.name: _book_run(settings, b, redis, reader) for b in settings.books}
+    metrics = Metrics()
+    health = Health(stores={name: run.engine.store for name, run in books.items()})
+    controls = {}
+    for name, run in books.items():
+        await run.exchange.start()
+        run.engine.observers.append(metrics.observe)
+        controls[name] = Controls(redis, run.engine.store.keys, settings)
+    app = make_app(health, metrics, controls=controls, token=settings.http_token)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.http_host, settings.metrics_port).start()
+    port = runner.addresses[0][1] if runner.addresses else settings.metrics_port
+    running = Running(books, health, metrics, stop, port)
+    _install_signals(stop)
     log.info(
-        "rotation-fsm running: book=%r redis=%s http=%s:%d consumer=%s/%s",
-        settings.book,
+        "rotation-fsm running: books=%s redis=%s%s http=%s:%d consumer=%s/%s",
+        ",".join(repr(b) for b in books),
         _safe_url(settings.redis_url),
+        " (cluster)" if settings.redis_cluster else "",
         settings.http_host,
         port,
         settings.consumer_group,
@@ -159,14 +205,15 @@ async def run_engine(
     )
     if started:
         started(running)
+    ready: set[str] = set()
     try:
         await asyncio.gather(
-            supervise("listener", listen_step, stop, health, metrics),
-            supervise("timer", timer_step, stop, health, metrics),
+            *(loop for run in books.values() for loop in _loops(run, running, ready, len(books)))
         )
     finally:
         await runner.cleanup()
-        await exchange.close()
+        for run in books.values():
+            await run.exchange.close()
         await redis.aclose()
         await reader.aclose()
     log.info("rotation-fsm stopped")

@@ -13,7 +13,7 @@ import math
 import os
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 import msgspec
@@ -169,9 +169,7 @@ def rules_from(env: Mapping[str, str], base: Rules | None = None) -> Rules:
     return Rules(**values)
 
 
-def overlay(
-    base: Rules, live: Mapping[str, str], last: Rules
-) -> tuple[Rules, list[SettingError]]:
+def overlay(base: Rules, live: Mapping[str, str], last: Rules) -> tuple[Rules, list[SettingError]]:
     """`base` (the environment) overridden by the live settings hash.
 
     A live value that fails validation is reported and the last good value of
@@ -234,6 +232,50 @@ _STREAM_ENV = {
 
 
 @dataclass(frozen=True)
+class Book:
+    """One book (one exchange account): its name and its exchange credentials."""
+
+    name: str
+    binance_base_url: str
+    api_key: str = field(repr=False)
+    api_secret: str = field(repr=False)
+
+
+def _book_suffix(name: str) -> str:
+    """`acct-7` → `ACCT_7`: the suffix of per-book variables (`BINANCE_API_KEY__ACCT_7`)."""
+    return "".join(ch if ch.isalnum() else "_" for ch in name.upper())
+
+
+def _books(env: Mapping[str, str]) -> tuple[Book, ...]:
+    expected = "names without braces or spaces, comma-separated"
+    raw = env.get("GOV_BOOKS", "").strip()
+    names = [_simple(env, "GOV_BOOK", "", _book, expected)]
+    if raw:
+        try:
+            names = [_book(n) for n in raw.split(",")]
+        except ValueError:
+            raise SettingError("GOV_BOOKS", raw, expected) from None
+        if any(not n for n in names) or len(set(names)) != len(names):
+            raise SettingError("GOV_BOOKS", raw, "distinct, non-empty " + expected)
+    books = []
+    for name in names:
+        sfx = f"__{_book_suffix(name)}" if name else ""
+
+        def pick(var: str, fallback: str = "", sfx: str = sfx) -> str:
+            return env.get(var + sfx) or env.get(var) or (env.get(fallback, "") if fallback else "")
+
+        books.append(
+            Book(
+                name=name,
+                binance_base_url=pick("BINANCE_BASE_URL") or "https://testnet.binancefuture.com",
+                api_key=pick("BINANCE_API_KEY", "BINANCE_TESTNET_API_KEY") or "",
+                api_secret=pick("BINANCE_API_SECRET", "BINANCE_TESTNET_API_SECRET") or "",
+            )
+        )
+    return tuple(books)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything `rotation-fsm run` needs, read once at start-up."""
 
@@ -243,10 +285,7 @@ class Settings:
     streams: Streams
     consumer_group: str
     consumer_name: str
-    book: str
-    binance_base_url: str
-    api_key: str
-    api_secret: str
+    books: tuple[Book, ...]
     http_host: str
     metrics_port: int
     http_token: str
@@ -257,11 +296,26 @@ class Settings:
     def __repr__(self) -> str:
         # Secrets never reach a log line, even through a debug repr.
         shown = {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if f.name not in {"api_key", "api_secret", "http_token"}
+            f.name: getattr(self, f.name) for f in fields(self) if f.name not in {"http_token"}
         }
         return f"Settings({shown}, secrets=hidden)"
+
+    @property
+    def book(self) -> str:
+        """The first (usually the only) book's name."""
+        return self.books[0].name
+
+    @property
+    def binance_base_url(self) -> str:
+        return self.books[0].binance_base_url
+
+    @property
+    def api_key(self) -> str:
+        return self.books[0].api_key
+
+    @property
+    def api_secret(self) -> str:
+        return self.books[0].api_secret
 
 
 def _redis_url(env: Mapping[str, str]) -> str:
@@ -283,6 +337,18 @@ def _simple(
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Settings from `env` (default: the process environment); raises SettingError."""
     env = os.environ if env is None else env
+    settings = _load(env)
+    if settings.redis_cluster and not all(b.name for b in settings.books):
+        # Without a book's hash tag one commit's keys spread over cluster slots.
+        raise SettingError(
+            "REDIS_CLUSTER",
+            env.get("REDIS_CLUSTER", ""),
+            "GOV_BOOK or GOV_BOOKS to be set as well (a cluster needs books)",
+        )
+    return settings
+
+
+def _load(env: Mapping[str, str]) -> Settings:
     streams = Streams(
         **{attr: env.get(var) or getattr(Streams, attr) for attr, var in _STREAM_ENV.items()}
     )
@@ -293,10 +359,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         streams=streams,
         consumer_group=env.get("GOV_CONSUMER_GROUP") or "rotation-fsm",
         consumer_name=env.get("GOV_CONSUMER_NAME") or f"{socket.gethostname()}-{os.getpid()}",
-        book=_simple(env, "GOV_BOOK", "", _book, "a name without braces, commas or spaces"),
-        binance_base_url=env.get("BINANCE_BASE_URL") or "https://testnet.binancefuture.com",
-        api_key=env.get("BINANCE_API_KEY") or env.get("BINANCE_TESTNET_API_KEY") or "",
-        api_secret=env.get("BINANCE_API_SECRET") or env.get("BINANCE_TESTNET_API_SECRET") or "",
+        books=_books(env),
         http_host=env.get("GOV_HTTP_HOST") or "127.0.0.1",
         metrics_port=_simple(env, "METRICS_PORT", "8044", _port, "a TCP port (0-65535)"),
         http_token=env.get("GOV_HTTP_TOKEN") or "",
