@@ -29,11 +29,7 @@ from typing import Any, TextIO
 from aiohttp import web
 from redis.asyncio import Redis
 
-from services.intent_simulator.simulator import (
-    REFERENCE_PRICES,
-    IntentSimulator,
-    SimConfig,
-)
+from services.intent_simulator.simulator import DEFAULT_UNIVERSE, IntentSimulator, SimConfig
 from services.paper_exchange.apply import (
     ApplyConfig,
     ApplyLoop,
@@ -55,7 +51,7 @@ from .settings import load_settings
 #: short, so the timeout scenario (and any rotation left at the end) finishes fast
 LOCK_TTL_S = 3.0
 API_KEY, API_SECRET = "demo-key", "demo-secret"
-UNIVERSE = tuple(REFERENCE_PRICES)
+UNIVERSE = DEFAULT_UNIVERSE
 #: the random run: plans per second, and how often the exchange misbehaves
 SIM_RATE, SIM_DUPLICATES, SIM_RESENDS = 3.0, 0.05, 0.10
 REJECT_RATE, LOST_RATE = 0.10, 0.10
@@ -548,8 +544,7 @@ async def play(redis_url: str, seconds: float, out: Out, interrupt: asyncio.Even
     redis = Redis.from_url(redis_url)
     reader = Redis.from_url(redis_url, socket_timeout=None)  # blocking XREADs
     book = PaperBook()
-    seed_regimes(book, dict.fromkeys(UNIVERSE, Regime.BASE), now_ms=int(time.time() * 1000),
-                 prices=REFERENCE_PRICES)  # fmt: skip
+    seed_regimes(book, dict.fromkeys(UNIVERSE, Regime.BASE), now_ms=int(time.time() * 1000))
     apply = ApplyLoop(redis, book, keys, ApplyConfig(latency_ms=200, seed=11))
     timeline = Timeline(reader, keys, out, since, LOCK_TTL_S)
     sim = IntentSimulator(redis, SimConfig(keys=keys, universe=UNIVERSE, seed=3))

@@ -58,19 +58,37 @@ COMMIT_LUA = resources.files("rotation_fsm").joinpath("lua/commit.lua").read_tex
 
 
 class _Ops:
-    """Builds the KEYS/ARGV of one commit: keys are numbered once, ops refer to them."""
+    """Builds one commit: keys numbered once, ops as one JSON argument (see commit.lua)."""
 
     def __init__(self, version_key: str, expected: int) -> None:
         self.keys: list[str] = [version_key]
         self._index: dict[str, int] = {version_key: 1}
-        self.argv: list[Any] = [expected]
+        self.expected = expected
+        self.ops: list[list[str | int]] = []
+        self.binary: list[bytes] = []
 
     def add(self, command: str, key: str, *args: Any) -> None:
         index = self._index.get(key)
         if index is None:
             self.keys.append(key)
             index = self._index[key] = len(self.keys)
-        self.argv.extend((command, index, len(args), *args))
+        op: list[str | int] = [command, index]
+        for arg in args:
+            if isinstance(arg, bytes):
+                try:
+                    op.append(arg.decode())
+                except UnicodeDecodeError:  # JSON cannot carry it: pass it beside
+                    self.binary.append(arg)
+                    op.append(2 + len(self.binary))
+            else:
+                op.append(arg if isinstance(arg, str) else str(arg))
+        self.ops.append(op)
+
+    def argv(self) -> list[Any]:
+        return [self.expected, _ops_encoder.encode(self.ops), *self.binary]
+
+
+_ops_encoder = msgspec.json.Encoder()
 
 
 class Store:
@@ -114,14 +132,15 @@ class Store:
             pipe.smembers(k.inflight)
             pipe.hgetall(k.entry_confidence)
             pipe.hgetall(k.settings)
-            for plan_id in plan_ids:
-                pipe.get(k.plan(plan_id))
-            for close_id in close_ids:
-                pipe.get(k.close_index(close_id))
+            if plan_ids:
+                pipe.mget([k.plan(p) for p in plan_ids])
+            if close_ids:
+                pipe.mget([k.close_index(c) for c in close_ids])
             replies = await pipe.execute()
         version, policy, reservations, inflight, confidence, live = replies[:6]
-        plan_raw = replies[6 : 6 + len(plan_ids)]
-        close_raw = replies[6 + len(plan_ids) :]
+        rest = iter(replies[6:])
+        plan_raw = next(rest) if plan_ids else []
+        close_raw = next(rest) if close_ids else []
         view = BookView(
             version=int(version or 0),
             policy_raw=policy,
@@ -174,7 +193,7 @@ class Store:
         ops = _Ops(self.keys.version, version)
         for effect in effects:
             self._translate(ops, effect, now_ms)
-        applied, _ = await self._commit(keys=ops.keys, args=ops.argv)
+        applied, _ = await self._commit(keys=ops.keys, args=ops.argv())
         return int(applied) == 1
 
     def _translate(self, ops: _Ops, effect: Effect, now_ms: int) -> None:

@@ -1,0 +1,876 @@
+"""`rotation-fsm explain` and `rotation-fsm status`: the record, told for a person.
+
+`explain ID` answers "why was my entry blocked, and why was that position
+closed?" from what Redis holds — the rotation hash, the plan record and the
+audit stream — never from the exchange. For each decision of a plan it re-runs
+the recorded batch up to that plan through the core (from the batch's seed),
+so the numbers it shows are the ones the decision actually saw: the regime
+reading, desired slots, which symbols held the slots, the candidate to close.
+
+`status` shows the book now: slots (from the newest audit batch with an
+exchange snapshot), reservations, rotations in flight with time to deadline,
+and how rotations ended over a window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from . import reasons as R
+from .audit import AuditBatch
+from .decide import BookView, Decided, Input, PlanIn, decide_one, expire_reservations
+from .keys import Keys
+from .messages import (
+    BadEntry,
+    Decision,
+    Plan,
+    PlanRecord,
+    RotationRecord,
+    plan_record_decoder,
+    rotation_from_hash,
+)
+from .regime import (
+    CHOP_MAX_TREND,
+    CHOP_MIN_ATR_PCT,
+    MIN_KLINES,
+    TREND_STRONG_MAX_ATR_PCT,
+    TREND_STRONG_MIN_TREND,
+    Regime,
+)
+from .replay import Recorded, Unreadable, id_key, open_book, parse_audit, settings_for
+from .settings import Rules, SettingError
+from .slots import PolicyError, desired_slots, occupied, parse_universe, weakest
+from .snapshot import Market
+from .store import AnyRedis
+from .timeline import NONE, iso_ms, listing, num, pct, seconds, table, to_json
+
+EXIT_OK, EXIT_UNKNOWN, EXIT_UNREADABLE = 0, 1, 2
+#: audit entries `explain` reads at most, newest first, looking for a plan's decisions
+SCAN_LIMIT = 50_000
+PAGE = 500
+#: how far after a rotation's last change its events and audit entries are looked for
+AFTER_MS = 60_000
+
+_SLOTS_VAR = {
+    Regime.TREND_STRONG: "GOV_ACTIVE_SLOTS_TREND_STRONG",
+    Regime.BASE: "GOV_ACTIVE_SLOTS_BASE",
+    Regime.CHOP: "GOV_ACTIVE_SLOTS_CHOP",
+    Regime.UNKNOWN: "GOV_ACTIVE_SLOTS_CHOP",
+}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# ================================================================ the numbers of one decision
+
+
+def plan_facts(
+    plan: Plan, view: BookView, market: Market, rules: Rules, now_ms: int
+) -> dict[str, Any]:
+    """Every number the slots gate could look at for `plan`, as the core would see them."""
+    reading = market.reading(plan.symbol)
+    desired = desired_slots(reading.regime, rules)
+    targets = sorted(view.rotation_targets())
+    taken = sorted(occupied(market.open_symbols, view.reservations, targets))
+    excluded = frozenset({plan.symbol, *targets, *view.reservations})
+    candidate = weakest(market.positions or [], now_ms, excluded=excluded)
+    facts: dict[str, Any] = {
+        "symbol": plan.symbol,
+        "action": plan.action,
+        "confidence": plan.confidence,
+        "regime": reading.regime.value,
+        "ema20": reading.ema20,
+        "ema50": reading.ema50,
+        "trend": reading.trend,
+        "atr_pct": reading.atr_pct,
+        "klines": reading.klines,
+        "desired_slots": desired,
+        "slots_setting": _SLOTS_VAR[reading.regime],
+        "open": sorted(market.open_symbols) if market.positions is not None else None,
+        "positions_error": market.positions_error,
+        "account_error": market.account_error,
+        "reserved": sorted(view.reservations),
+        "rotation_targets": targets,
+        "occupied": taken,
+        "free": max(0, desired - len(taken)),
+        "in_flight": len(view.inflight),
+        "max_concurrent_rotations": rules.max_concurrent_rotations,
+        "candidate": None,
+        "rotation_threshold": rules.rotation_threshold,
+        "margin_usage": market.account.margin_usage if market.account else None,
+        "max_margin_usage": rules.max_margin_usage,
+        "correlations": market.correlations.get(plan.symbol, {}),
+        "max_correlation": rules.max_correlation,
+        "klines_missing": list(market.klines_missing),
+        "reservation_ttl_s": rules.reservation_ttl_s,
+        "lock_ttl_s": rules.lock_ttl_s,
+    }
+    if candidate is not None:
+        facts["candidate"] = {
+            "symbol": candidate.symbol,
+            "weakness": round(candidate.weakness(now_ms), 8),
+            "pnl_pct": round(candidate.pnl_pct, 8),
+            "entry_confidence": view.entry_confidence.get(candidate.symbol),
+        }
+    try:
+        universe = parse_universe(view.policy_raw)
+        facts["universe_size"] = len(universe)
+    except PolicyError as exc:
+        facts["policy_error"] = str(exc)
+    return facts
+
+
+@dataclass
+class Moment:
+    """One decision of a plan inside a recorded batch, with what it was based on."""
+
+    audit_id: str
+    now_ms: int
+    recorded: list[str]  # [plan_id, verdict, reason, rotation_id] as the audit says
+    today: Decision | None  # what today's core decides on the same seed
+    item: Input
+    facts: dict[str, Any]
+    earlier: PlanRecord | None  # the plan's record before this input (a resend has one)
+
+
+def moments(audit_id: str, batch: AuditBatch, plan_id: str) -> list[Moment]:
+    """The decisions of `plan_id` in `batch`, each with the facts just before it.
+
+    Re-runs the batch from its seed through the core, input by input, so a plan
+    later in a batch sees what earlier entries reserved or rotated.
+    """
+    view = batch.seed.to_view()
+    market, rules, now_ms = batch.market, batch.rules, batch.now_ms
+    for effect in expire_reservations(view, market, now_ms):
+        view.apply(effect)
+    recorded = iter([row for row in batch.decided if row[0] == plan_id])
+    out: list[Moment] = []
+    for item in batch.inputs:
+        facts: dict[str, Any] = {}
+        if isinstance(item, PlanIn) and item.plan.plan_id == plan_id:
+            facts = plan_facts(item.plan, view, market, rules, now_ms)
+        earlier = view.plans.get(plan_id)
+        effects = decide_one(item, view, market, rules, now_ms)
+        for effect in effects:
+            view.apply(effect)
+        for effect in effects:
+            if isinstance(effect, Decided) and effect.decision.plan_id == plan_id:
+                row = next(recorded, None)
+                if row is not None:
+                    out.append(Moment(audit_id, now_ms, row, effect.decision, item, facts, earlier))
+    return out
+
+
+# ================================================================ sentences
+
+
+def regime_sentence(f: dict[str, Any]) -> str:
+    """How the symbol's regime was read, and the slots it gives."""
+    regime, trend, atr = f["regime"], f["trend"], f["atr_pct"]
+    slots = f"{f['desired_slots']} desired slots ({f['slots_setting']})"
+    if regime == Regime.UNKNOWN or trend is None or atr is None:
+        return (
+            f"{f['symbol']} has {f['klines']} klines (fewer than {MIN_KLINES}): regime UNKNOWN, "
+            f"counted as CHOP → {slots}."
+        )
+    if regime == Regime.TREND_STRONG:
+        why = (
+            f"trend > {pct(TREND_STRONG_MIN_TREND, 0)} and ATR% < "
+            f"{pct(TREND_STRONG_MAX_ATR_PCT, 0)}"
+        )
+    elif regime == Regime.CHOP:
+        why = (
+            f"ATR% > {pct(CHOP_MIN_ATR_PCT, 0)}"
+            if atr > CHOP_MIN_ATR_PCT
+            else f"trend < {pct(CHOP_MAX_TREND, 0)}"
+        )
+    else:
+        why = "neither TREND_STRONG nor CHOP"
+    return (
+        f"{f['symbol']} reads {regime}: EMA20 {num(f['ema20'])}, EMA50 {num(f['ema50'])}, "
+        f"trend {pct(trend)}, ATR% {pct(atr)} over {f['klines']} klines ({why}) → {slots}."
+    )
+
+
+def occupancy_sentence(f: dict[str, Any]) -> str:
+    """Which symbols held the slots, and how many were left."""
+    taken = len(f["occupied"])
+    return (
+        f"Occupied {taken}: open {listing(f['open'] or [])}; reserved {listing(f['reserved'])}; "
+        f"rotation targets {listing(f['rotation_targets'])} → {f['desired_slots']} − {taken} "
+        f"= {f['free']} free."
+    )
+
+
+def _candidate_text(c: dict[str, Any]) -> str:
+    return f"{c['symbol']} (weakness {c['weakness']:.4f}, pnl {pct(c['pnl_pct'])})"
+
+
+def _slot_reasons(reason: str, f: dict[str, Any], rotation_id: str) -> list[str]:
+    c = f["candidate"]
+    if reason == R.SLOTS_AVAILABLE:
+        return [
+            f"A slot was free: allowed, and {f['symbol']} reserved for up to "
+            f"{f['reservation_ttl_s']:g} s, until it shows as a position."
+        ]
+    if reason == R.WAITING_ROTATION_CLOSE:
+        target = f"closes {_candidate_text(c)}, the weakest position it may close" if c else ""
+        return [
+            f"No slot free: rotation {rotation_id} {target}; the entry waits for that close "
+            f"(deadline {f['lock_ttl_s']:g} s)."
+        ]
+    if reason == R.ROTATION_IN_PROGRESS:
+        return [
+            f"No slot free, and {f['in_flight']} rotation(s) already in flight "
+            f"(GOV_MAX_CONCURRENT_ROTATIONS={f['max_concurrent_rotations']})."
+        ]
+    if reason == R.NO_ROTATION_CANDIDATE:
+        if c is None:
+            return [
+                "No slot free, and no open position may be closed (the plan's own symbol, "
+                "rotation targets and reservations are never closed)."
+            ]
+        old, new, t = c["entry_confidence"], f["confidence"], f["rotation_threshold"]
+        bar = (1 + t) * old if old is not None else None
+        return [
+            f"No slot free; the weakest position {_candidate_text(c)} was entered at "
+            f"confidence {num(old)}, and this plan's {num(new)} is below (1 + {t:g}) × "
+            f"{num(old)} = {num(bar)} (GOV_ROTATION_THRESHOLD)."
+        ]
+    return []
+
+
+def _gate_reasons(reason: str, f: dict[str, Any]) -> list[str]:
+    if reason == R.NOT_IN_UNIVERSE:
+        return [f"{f['symbol']} is not among the {f.get('universe_size', 0)} policy symbols."]
+    if reason == R.NO_POLICY:
+        return [f"No usable policy universe ({f.get('policy_error', 'missing')}): fail closed."]
+    if reason == R.POSITIONS_UNAVAILABLE:
+        if f["open"] is None:
+            return [f"The exchange gave no positions ({f['positions_error'] or '?'}): fail closed."]
+        if f["klines_missing"]:
+            return [
+                f"No klines for {listing(f['klines_missing'])}: correlation unknown, fail closed."
+            ]
+        return [f"No usable account answer ({f['account_error'] or '?'}) for the margin gate."]
+    if reason == R.MARGIN_CAP:
+        return [
+            f"Margin usage {pct(f['margin_usage'])} is above GOV_MAX_MARGIN_USAGE_PCT "
+            f"{pct(f['max_margin_usage'])}."
+        ]
+    if reason == R.CORRELATION_TOO_HIGH:
+        worst = sorted(
+            ((v, s) for s, v in f["correlations"].items() if v is not None), reverse=True
+        )
+        top = f"{worst[0][1]} at {worst[0][0]:.3f}" if worst else NONE
+        return [
+            f"{f['symbol']}'s 1 h returns correlate with {top}, above GOV_MAX_CORRELATION "
+            f"{f['max_correlation']:g}."
+        ]
+    if reason == R.SLOT_ALREADY_HELD:
+        held = "open" if f["symbol"] in (f["open"] or []) else "reserved"
+        return [f"{f['symbol']} is already {held}: it takes no new slot."]
+    return []
+
+
+_PLAIN = {
+    R.CLOSE_EXEMPT: "A close plan: exempt from the slots gate.",
+    R.SLOTS_DISABLED: "GOV_ACTIVE_SLOTS_ENABLED=false: every OPEN plan passes untouched.",
+    R.PAUSED: "Entries are paused (GOV_ENTRIES_PAUSED=true); close plans and rotations go on.",
+}
+_SLOTTED = {
+    R.SLOTS_AVAILABLE,
+    R.WAITING_ROTATION_CLOSE,
+    R.ROTATION_IN_PROGRESS,
+    R.NO_ROTATION_CANDIDATE,
+    R.MARGIN_CAP,
+    R.CORRELATION_TOO_HIGH,
+    R.SLOT_ALREADY_HELD,
+}
+
+
+def because(m: Moment, rotation: RotationRecord | None) -> list[str]:
+    """The plain sentences behind one decision, numbers included."""
+    _, verdict, reason, rotation_id = m.recorded
+    lines: list[str] = []
+    if m.earlier is not None and m.earlier.final and isinstance(m.item, PlanIn):
+        return [
+            f"A resend: the final answer of {iso_ms(m.earlier.decided_ms)} "
+            f"({m.earlier.decision} {m.earlier.reason}) is given again, unchanged."
+        ]
+    if reason == R.WAITING_ROTATION_CLOSE and m.earlier is not None and m.earlier.rotation_id:
+        return [f"A resend while rotation {rotation_id} is in flight: no second rotation."]
+    if reason in _PLAIN:
+        lines.append(_PLAIN[reason])
+    elif m.facts:
+        if reason in _SLOTTED:
+            lines += [regime_sentence(m.facts), occupancy_sentence(m.facts)]
+        lines += _slot_reasons(reason, m.facts, rotation_id) + _gate_reasons(reason, m.facts)
+    elif rotation is not None:
+        lines.append(ending_sentence(rotation, verdict, reason))
+    if m.today is not None and (m.today.decision, m.today.reason) != (verdict, reason):
+        lines.append(
+            f"Today's code decides {m.today.decision} {m.today.reason} on the same record "
+            f"(see `rotation-fsm replay`)."
+        )
+    return lines
+
+
+def ending_sentence(rec: RotationRecord, verdict: str, reason: str) -> str:
+    """Why the plan waiting on `rec` got its final answer when the rotation ended."""
+    when = iso_ms(rec.ended_ms) if rec.ended_ms else "?"
+    took = seconds(rec.ended_ms - rec.created_ms) if rec.ended_ms else "?"
+    if reason == R.ROTATION_COMPLETE:
+        return (
+            f"The close plan {rec.close_plan_id} ({rec.close_symbol}) was confirmed executed, "
+            f"reduce-only, at {when}, {took} after the rotation began: the entry is allowed "
+            f"without being sent again."
+        )
+    if reason == R.ROTATION_TIMEOUT:
+        return (
+            f"No confirmation of {rec.close_plan_id} by the deadline {iso_ms(rec.deadline_ms)}: "
+            f"timed out at {when}, {took} after it began."
+        )
+    if reason == R.ROTATION_CLOSE_REJECTED:
+        return f"The close plan {rec.close_plan_id} came back not executed at {when}."
+    if reason == R.ROTATION_ABORTED:
+        return f"An operator aborted the rotation at {when}."
+    return f"The rotation ended {rec.state} at {when}: {verdict} {reason}."
+
+
+# ================================================================ rotation story
+
+
+def rotation_story(
+    rec: RotationRecord, start: Moment | None, events: list[dict[str, str]]
+) -> list[str]:
+    """The rotation from trigger to outcome, with the numbers behind the choice."""
+    lines = [f"rotation {rec.rotation_id}: {rec.state}"]
+    began = f"Plan {rec.new_plan_id} asked for {rec.new_symbol} at {iso_ms(rec.created_ms)}"
+    if start is not None and start.facts:
+        f = start.facts
+        lines.append(f"  {began}; the book was full.")
+        lines.append(f"  {regime_sentence(f)}")
+        lines.append(f"  {occupancy_sentence(f)}")
+    else:
+        lines.append(
+            f"  {began}; the book was full (regime {rec.regime}, {rec.desired_slots} "
+            f"desired slots)."
+        )
+    lines.append(
+        f"  It closes {rec.close_symbol}, the weakest position it may close: weakness "
+        f"{rec.close_weakness:.4f} (weakness = −pnl, +0.05 once a position is a day old)."
+    )
+    if rec.snapshot:
+        rows = [
+            [str(s), pct(float(p)), f"{float(w):.4f}", "← closed" if s == rec.close_symbol else ""]
+            for s, p, w in sorted(rec.snapshot, key=lambda r: (-float(r[2]), str(r[0])))
+        ]
+        lines.append("  positions when it began:")
+        lines += table(["symbol", "pnl", "weakness", ""], rows, indent=4)
+    lines.append(
+        f"  Close plan {rec.close_plan_id} emitted; deadline {iso_ms(rec.deadline_ms)} "
+        f"({seconds(rec.deadline_ms - rec.created_ms)} after it began)."
+    )
+    history = [[iso_ms(int(ms)), f"{trigger} → {state}"] for ms, trigger, state in rec.history]
+    lines.append("  history:")
+    lines += table(["time", "trigger → state"], history, indent=4)
+    if events:
+        lines.append("  events:")
+        lines += table(["time", "event", "state"], [_event_row(e) for e in events], indent=4)
+    lines.append(f"  Outcome: {outcome(rec)}")
+    return lines
+
+
+def _event_row(ev: dict[str, str]) -> list[str]:
+    ms = round(float(ev.get("timestamp", "0") or 0) * 1000)
+    extra = f" (lock age {ev['lock_age']} s)" if ev.get("lock_age") else ""
+    return [iso_ms(ms), ev.get("event", "?") + extra, ev.get("state", "")]
+
+
+def outcome(rec: RotationRecord) -> str:
+    """One sentence: where the rotation stands and what its plan got."""
+    if not rec.ended_ms:
+        left = rec.deadline_ms - int(time.time() * 1000)
+        return f"in flight ({rec.state}); {seconds(max(0, left))} to its deadline. The entry waits."
+    took = seconds(rec.ended_ms - rec.created_ms)
+    answer = {
+        "CONFIRMED": f"plan {rec.new_plan_id} ALLOW {R.ROTATION_COMPLETE}",
+        "TIMED_OUT": f"plan {rec.new_plan_id} BLOCK {R.ROTATION_TIMEOUT}",
+        "CLOSE_REJECTED": f"plan {rec.new_plan_id} BLOCK {R.ROTATION_CLOSE_REJECTED}",
+        "ABORTED": f"plan {rec.new_plan_id} BLOCK {R.ROTATION_ABORTED}",
+    }.get(rec.state, rec.state)
+    late = (
+        f"; the close executed late at {iso_ms(rec.late_confirmed_ms)} (slot freed, no entry)"
+        if rec.late_confirmed_ms
+        else ""
+    )
+    return f"{rec.state} at {iso_ms(rec.ended_ms)}, {took} after it began: {answer}{late}."
+
+
+# ================================================================ reading Redis
+
+
+async def _audit_newest_first(
+    redis: AnyRedis, keys: Keys, needle: str, *, not_before_ms: int = 0, limit: int = SCAN_LIMIT
+) -> list[Recorded]:
+    """Audit entries whose body mentions `needle` (JSON-quoted), oldest first.
+
+    Reads newest first, at most `limit` entries, stopping at `not_before_ms`. The
+    raw bytes are searched before any entry is decoded: most entries are skipped
+    without parsing.
+    """
+    quoted = json.dumps(needle).encode()
+    found: list[Recorded] = []
+    start, seen = "+", 0
+    while seen < limit:
+        page = await redis.xrevrange(keys.audit, max=start, min="-", count=PAGE)
+        for entry_id, raw in page:
+            eid = _text(entry_id)
+            seen += 1
+            if id_key(eid)[0] < not_before_ms:
+                return found[::-1]
+            body = raw.get(b"body", b"")
+            if quoted in body:
+                fields = {_text(k): _text(v) for k, v in raw.items()}
+                found.append(parse_audit(eid, fields, keys.audit))
+        if len(page) < PAGE:
+            break
+        start = "(" + _text(page[-1][0])
+    return found[::-1]
+
+
+async def _audit_between(
+    redis: AnyRedis, keys: Keys, needle: str, low_ms: int, high_ms: int
+) -> list[Recorded]:
+    quoted = json.dumps(needle).encode()
+    out: list[Recorded] = []
+    for entry_id, raw in await redis.xrange(keys.audit, min=str(low_ms), max=str(high_ms)):
+        if quoted in raw.get(b"body", b""):
+            fields = {_text(k): _text(v) for k, v in raw.items()}
+            out.append(parse_audit(_text(entry_id), fields, keys.audit))
+    return out
+
+
+async def _events_of(redis: AnyRedis, keys: Keys, rec: RotationRecord) -> list[dict[str, str]]:
+    last = max(rec.updated_ms, rec.ended_ms, rec.late_confirmed_ms, rec.created_ms)
+    reply = await redis.xrange(
+        keys.events, min=str(rec.created_ms - 1000), max=str(last + AFTER_MS)
+    )
+    out = []
+    for _, raw in reply:
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        if fields.get("rotation_id") == rec.rotation_id:
+            out.append(fields)
+    return out
+
+
+async def _rotation(redis: AnyRedis, keys: Keys, rotation_id: str) -> RotationRecord | None:
+    raw = await redis.hgetall(keys.rotation(rotation_id))
+    if not raw:
+        return None
+    try:
+        return rotation_from_hash(raw)
+    except BadEntry as exc:
+        raise Unreadable(f"rotation {rotation_id}: {exc}") from None
+
+
+async def _start_moment(redis: AnyRedis, keys: Keys, rec: RotationRecord) -> Moment | None:
+    """The decision that began `rec`, re-run from its audit batch (None once trimmed)."""
+    for found in await _audit_between(
+        redis, keys, rec.rotation_id, rec.created_ms, rec.created_ms + AFTER_MS
+    ):
+        batch = found.entry
+        if isinstance(batch, AuditBatch) and batch.now_ms == rec.created_ms:
+            for m in moments(found.entry_id, batch, rec.new_plan_id):
+                if m.recorded[3] == rec.rotation_id and m.facts:
+                    return m
+    return None
+
+
+@dataclass
+class Story:
+    """What `explain` prints: lines for a terminal, data for --json."""
+
+    lines: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+async def explain_rotation(redis: AnyRedis, keys: Keys, rec: RotationRecord) -> Story:
+    """The story of one rotation, from its hash, its events and its starting batch."""
+    start = await _start_moment(redis, keys, rec)
+    events = await _events_of(redis, keys, rec)
+    lines = rotation_story(rec, start, events)
+    data = {
+        "kind": "rotation",
+        "rotation": _rotation_json(rec),
+        "start": _moment_json(start, rec) if start else None,
+        "events": events,
+        "outcome": outcome(rec),
+    }
+    return Story(lines, data)
+
+
+def _rotation_json(rec: RotationRecord) -> dict[str, Any]:
+    import msgspec
+
+    data: dict[str, Any] = msgspec.to_builtins(rec)
+    data["created"] = iso_ms(rec.created_ms)
+    data["deadline"] = iso_ms(rec.deadline_ms)
+    data["ended"] = iso_ms(rec.ended_ms) if rec.ended_ms else None
+    return data
+
+
+def _moment_json(m: Moment, rotation: RotationRecord | None) -> dict[str, Any]:
+    return {
+        "audit_id": m.audit_id,
+        "time": iso_ms(m.now_ms),
+        "entry_id": getattr(m.item, "entry_id", ""),
+        "decision": m.recorded[1],
+        "reason": m.recorded[2],
+        "rotation_id": m.recorded[3],
+        "facts": m.facts,
+        "today": {"decision": m.today.decision, "reason": m.today.reason} if m.today else None,
+        "sentences": because(m, rotation),
+    }
+
+
+async def explain_plan(
+    redis: AnyRedis, keys: Keys, plan_id: str, record: PlanRecord | None
+) -> Story | None:
+    """Every decision of `plan_id` found in the audit stream, each with its numbers,
+    then the story of its rotation. None when nothing at all is known of it."""
+    earliest = min((id_key(e)[0] for e in (record.entries if record else [])), default=0)
+    found = await _audit_newest_first(
+        redis, keys, plan_id, not_before_ms=max(0, earliest - AFTER_MS)
+    )
+    decided = [
+        m
+        for r in found
+        if isinstance(r.entry, AuditBatch)
+        for m in moments(r.entry_id, r.entry, plan_id)
+    ]
+    if record is None and not decided:
+        return None
+    rotation_ids = sorted({m.recorded[3] for m in decided if m.recorded[3]})
+    if record is not None and record.rotation_id and record.rotation_id not in rotation_ids:
+        rotation_ids.append(record.rotation_id)
+    rotations = {r: await _rotation(redis, keys, r) for r in rotation_ids}
+    lines = [_plan_title(plan_id, record, decided)]
+    for m in decided:
+        rot = rotations.get(m.recorded[3]) if m.recorded[3] else None
+        entry = getattr(m.item, "entry_id", "") or type(m.item).__name__.lower()
+        lines += ["", f"{iso_ms(m.now_ms)}  {m.recorded[1]} {m.recorded[2]}"]
+        lines.append(f"  audit entry {m.audit_id}, input {entry}")
+        lines += [f"  {s}" for s in because(m, rot)]
+    if not decided:
+        lines += ["", "  (its decisions are no longer in the audit stream)"]
+    for rotation_id, rec in rotations.items():
+        if rec is not None:
+            start = next((m for m in decided if m.recorded[3] == rotation_id and m.facts), None)
+            lines += ["", *rotation_story(rec, start, await _events_of(redis, keys, rec))]
+    data = {
+        "kind": "plan",
+        "plan_id": plan_id,
+        "record": None if record is None else _plan_json(record),
+        "decisions": [_moment_json(m, rotations.get(m.recorded[3])) for m in decided],
+        "rotations": [_rotation_json(r) for r in rotations.values() if r is not None],
+    }
+    return Story(lines, data)
+
+
+def _plan_json(record: PlanRecord) -> dict[str, Any]:
+    import msgspec
+
+    data: dict[str, Any] = msgspec.to_builtins(record)
+    data["decided"] = iso_ms(record.decided_ms) if record.decided_ms else None
+    return data
+
+
+def _plan_title(plan_id: str, record: PlanRecord | None, decided: list[Moment]) -> str:
+    symbol = record.symbol if record else ""
+    action = record.action if record else ""
+    for m in decided:
+        if isinstance(m.item, PlanIn):
+            symbol, action = m.item.plan.symbol, m.item.plan.action
+    head = f"plan {plan_id}: {symbol} {action}".rstrip()
+    if record is None:
+        return f"{head}; decided {len(decided)} times (its plan record has expired)"
+    state = "final" if record.final else "not final"
+    return (
+        f"{head}; decided {len(decided)} times; "
+        f"record: {record.decision} {record.reason} ({state}) at {iso_ms(record.decided_ms)}"
+    )
+
+
+async def explain(redis: AnyRedis, keys: Keys, some_id: str) -> Story | None:
+    """A rotation id's story, else a plan id's (a close plan id also tells its rotation)."""
+    rec = await _rotation(redis, keys, some_id)
+    if rec is not None:
+        return await explain_rotation(redis, keys, rec)
+    raw = await redis.get(keys.plan(some_id))
+    record = plan_record_decoder.decode(raw) if raw else None
+    story = await explain_plan(redis, keys, some_id, record)
+    owner = await redis.get(keys.close_index(some_id))
+    if owner is not None:
+        owned = await _rotation(redis, keys, _text(owner))
+        if owned is not None:
+            told = await explain_rotation(redis, keys, owned)
+            story = story or Story([f"close plan {some_id}"], {"kind": "plan", "plan_id": some_id})
+            story.lines += ["", f"{some_id} is the close plan of:", *told.lines]
+            story.data["close_of"] = told.data
+    return story
+
+
+# ================================================================ status
+
+
+async def _newest_snapshot(redis: AnyRedis, keys: Keys) -> Recorded | None:
+    """The newest audit batch that holds an exchange snapshot (positions read)."""
+    start, seen = "+", 0
+    while seen < SCAN_LIMIT:
+        page = await redis.xrevrange(keys.audit, max=start, min="-", count=PAGE)
+        for entry_id, raw in page:
+            seen += 1
+            body = raw.get(b"body", b"")
+            if b'"positions":[' not in body:  # no snapshot: skip without parsing
+                continue
+            fields = {_text(k): _text(v) for k, v in raw.items()}
+            found = parse_audit(_text(entry_id), fields, keys.audit)
+            if isinstance(found.entry, AuditBatch) and found.entry.market.positions is not None:
+                return found
+        if len(page) < PAGE:
+            return None
+        start = "(" + _text(page[-1][0])
+    return None
+
+
+def _last_plan_symbol(batch: AuditBatch) -> str | None:
+    symbols = [
+        i.plan.symbol
+        for i in batch.inputs
+        if isinstance(i, PlanIn) and i.plan.symbol in batch.market.readings
+    ]
+    return symbols[-1] if symbols else None
+
+
+async def status(redis: AnyRedis, keys: Keys, window_s: float, now_ms: int) -> dict[str, Any]:
+    """The book now: slots, reservations, rotations in flight, final states over the window."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.reservations)
+        pipe.smembers(keys.inflight)
+        pipe.zrangebyscore(keys.finished, now_ms - int(window_s * 1000), now_ms)
+        reservations_raw, inflight_raw, finished_raw = await pipe.execute()
+    reservations = []
+    for symbol, body in sorted(reservations_raw.items()):
+        res = json.loads(body)
+        reservations.append(
+            {
+                "symbol": _text(symbol),
+                "plan_id": res.get("plan_id", ""),
+                "until": iso_ms(int(res.get("until_ms", 0))),
+                "left_s": round((int(res.get("until_ms", 0)) - now_ms) / 1000, 3),
+            }
+        )
+    in_flight = []
+    for rotation_id in sorted(_text(m) for m in inflight_raw):
+        rec = await _rotation(redis, keys, rotation_id)
+        if rec is not None:
+            in_flight.append(_flight_json(rec, now_ms))
+    counts: Counter[str] = Counter()
+    for rotation_id in finished_raw:
+        rec = await _rotation(redis, keys, _text(rotation_id))
+        counts[rec.state if rec is not None else "EXPIRED"] += 1
+    return {
+        "now": iso_ms(now_ms),
+        "book": keys.book,
+        "slots": await _slots(redis, keys, reservations, in_flight),
+        "reservations": reservations,
+        "rotations_in_flight": in_flight,
+        "finished": {
+            "window_s": window_s,
+            "counts": dict(sorted(counts.items())),
+            "total": sum(counts.values()),
+        },
+    }
+
+
+def _flight_json(rec: RotationRecord, now_ms: int) -> dict[str, Any]:
+    return {
+        "rotation_id": rec.rotation_id,
+        "state": rec.state,
+        "new_plan_id": rec.new_plan_id,
+        "new_symbol": rec.new_symbol,
+        "close_symbol": rec.close_symbol,
+        "close_plan_id": rec.close_plan_id,
+        "created": iso_ms(rec.created_ms),
+        "deadline": iso_ms(rec.deadline_ms),
+        "to_deadline_s": round((rec.deadline_ms - now_ms) / 1000, 3),
+    }
+
+
+async def _slots(
+    redis: AnyRedis, keys: Keys, reservations: list[dict[str, Any]], in_flight: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    snap = await _newest_snapshot(redis, keys)
+    if snap is None:
+        return None
+    batch = snap.entry
+    assert isinstance(batch, AuditBatch)
+    readings = []
+    for symbol, reading in sorted(batch.market.readings.items()):
+        readings.append(
+            {
+                "symbol": symbol,
+                "regime": reading.regime.value,
+                "desired_slots": desired_slots(reading.regime, batch.rules),
+                "ema20": reading.ema20,
+                "ema50": reading.ema50,
+                "trend": reading.trend,
+                "atr_pct": reading.atr_pct,
+                "klines": reading.klines,
+            }
+        )
+    latest = _last_plan_symbol(batch)
+    reading = batch.market.reading(latest) if latest else None
+    open_symbols = sorted(batch.market.open_symbols)
+    reserved = [r["symbol"] for r in reservations]
+    targets = sorted({r["close_symbol"] for r in in_flight})
+    taken = sorted(occupied(open_symbols, reserved, targets))
+    desired = desired_slots(reading.regime, batch.rules) if reading else None
+    return {
+        "as_of": iso_ms(batch.now_ms),
+        "audit_id": snap.entry_id,
+        "symbol": latest,
+        "regime": reading.regime.value if reading else None,
+        "desired": desired,
+        "open": open_symbols,
+        "reserved": reserved,
+        "rotation_targets": targets,
+        "occupied": taken,
+        "free": max(0, desired - len(taken)) if desired is not None else None,
+        "in_flight": len(in_flight),
+        "max_concurrent_rotations": batch.rules.max_concurrent_rotations,
+        "readings": readings,
+    }
+
+
+def status_text(data: dict[str, Any]) -> str:
+    """`status` for a terminal: four short sections of aligned tables."""
+    book = data["book"] or "(default)"
+    lines = [f"book {book} at {data['now']}", ""]
+    slots = data["slots"]
+    if slots is None:
+        lines.append("slots: no exchange snapshot in the audit stream yet")
+    else:
+        lines.append(
+            f"slots (exchange snapshot of {slots['as_of']}, audit entry {slots['audit_id']})"
+        )
+        desired = NONE if slots["desired"] is None else str(slots["desired"])
+        free = NONE if slots["free"] is None else str(slots["free"])
+        lines.append(
+            f"  regime {slots['regime'] or NONE} (read for {slots['symbol'] or NONE}) → desired "
+            f"{desired}; occupied {len(slots['occupied'])}; free {free}; "
+            f"in flight {slots['in_flight']} of {slots['max_concurrent_rotations']}"
+        )
+        lines.append(
+            f"  open {listing(slots['open'])}; reserved {listing(slots['reserved'])}; "
+            f"rotation targets {listing(slots['rotation_targets'])}"
+        )
+        lines += table(
+            ["symbol", "regime", "desired", "EMA20", "EMA50", "trend", "ATR%", "klines"],
+            [
+                [
+                    r["symbol"],
+                    r["regime"],
+                    str(r["desired_slots"]),
+                    num(r["ema20"]),
+                    num(r["ema50"]),
+                    pct(r["trend"]),
+                    pct(r["atr_pct"]),
+                    str(r["klines"]),
+                ]
+                for r in slots["readings"]
+            ],
+        )
+    lines += ["", "reservations"]
+    lines += table(
+        ["symbol", "plan", "until", "left"],
+        [
+            [r["symbol"], r["plan_id"], r["until"], f"{r['left_s']:.1f} s"]
+            for r in data["reservations"]
+        ],
+    )
+    lines += ["", "rotations in flight"]
+    lines += table(
+        ["rotation", "state", "close → new", "close plan", "deadline", "left"],
+        [
+            [
+                r["rotation_id"],
+                r["state"],
+                f"{r['close_symbol']} → {r['new_symbol']}",
+                r["close_plan_id"],
+                r["deadline"],
+                f"{r['to_deadline_s']:.1f} s",
+            ]
+            for r in data["rotations_in_flight"]
+        ],
+    )
+    finished = data["finished"]
+    lines += ["", f"rotations ended in the last {finished['window_s']:g} s: {finished['total']}"]
+    lines += table(["final state", "count"], [[s, str(n)] for s, n in finished["counts"].items()])
+    return "\n".join(lines) + "\n"
+
+
+# ================================================================ commands
+
+
+async def _explain(args: Any) -> tuple[int, str]:
+    redis, keys = open_book(settings_for(args))
+    try:
+        story = await explain(redis, keys, args.id)
+    finally:
+        await redis.aclose()
+    if story is None:
+        book = keys.book or "(default)"
+        return EXIT_UNKNOWN, f"no plan or rotation {args.id!r} in book {book}"
+    if args.json:
+        return EXIT_OK, to_json({"id": args.id, **story.data})
+    return EXIT_OK, "\n".join(story.lines) + "\n"
+
+
+async def _status(args: Any) -> tuple[int, str]:
+    redis, keys = open_book(settings_for(args))
+    try:
+        data = await status(redis, keys, args.window, int(time.time() * 1000))
+    finally:
+        await redis.aclose()
+    return EXIT_OK, to_json(data) if args.json else status_text(data)
+
+
+def command(args: Any) -> int:
+    """`rotation-fsm explain ID` (1: unknown id) and `rotation-fsm status`; 2: unreadable."""
+    run = _explain if args.command == "explain" else _status
+    try:
+        code, text = asyncio.run(run(args))
+    except (Unreadable, SettingError, RedisError, OSError) as exc:
+        print(f"rotation-fsm {args.command}: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    if code == EXIT_OK:
+        sys.stdout.write(text)
+    else:
+        print(f"rotation-fsm {args.command}: {text}", file=sys.stderr)
+    return code
+
+
+__all__ = ["command", "explain", "moments", "plan_facts", "status", "status_text"]
