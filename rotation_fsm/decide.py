@@ -100,10 +100,14 @@ class Emit(msgspec.Struct, frozen=True, tag="emit"):
 
 
 class Decided(msgspec.Struct, frozen=True, tag="decided"):
-    """A decision entry, plus its keys: permit (first ALLOW only) or block."""
+    """A decision entry, plus its keys: permit (first ALLOW only) or block.
+
+    `unblock`: an ALLOW for a plan that was blocked before, whose block key goes.
+    """
 
     decision: Decision
     permit: bool = False
+    unblock: bool = False
 
 
 class SaveRotation(msgspec.Struct, frozen=True, tag="rotation"):
@@ -324,8 +328,13 @@ def _answer(
         entries=[ctx.entry_id],
         decided_ms=ctx.now_ms,
     )
+    before = ctx.view.plans.get(plan.plan_id)
     effects: list[Effect] = [
-        Decided(decision, permit=verdict == R.ALLOW and rules.issue_permits),
+        Decided(
+            decision,
+            permit=verdict == R.ALLOW and rules.issue_permits,
+            unblock=verdict == R.ALLOW and before is not None and before.decision == R.BLOCK,
+        ),
         SavePlan(record),
     ]
     if verdict == R.ALLOW and plan.confidence is not None and not plan.is_close:
@@ -547,7 +556,10 @@ def _end_decision(
         entries=waiting.entries if waiting else [],
         decided_ms=now_ms,
     )
-    return [Decided(decision, permit=verdict == R.ALLOW and rules.issue_permits), SavePlan(record)]
+    allowed = verdict == R.ALLOW
+    # The waiting plan was blocked (waiting_rotation_close): its block key goes.
+    return [Decided(decision, permit=allowed and rules.issue_permits, unblock=allowed),
+            SavePlan(record)]
 
 
 def _confirm(rec: RotationRecord, view: BookView, rules: Rules, now_ms: int) -> list[Effect]:

@@ -9,6 +9,7 @@ exchange before the confirmation arrives is kept for the plan waiting on it
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -71,8 +72,13 @@ class PolicyError(ValueError):
     """The policy hash has no usable universe."""
 
 
+@functools.lru_cache(maxsize=16)
 def parse_universe(raw: bytes | str | None) -> frozenset[str]:
-    """Symbols of `universe_symbols`; PolicyError when missing or not a list of strings."""
+    """Symbols of `universe_symbols`; PolicyError when missing or not a list of strings.
+
+    Cached by the raw text: every plan of a batch (and of the next batches, until
+    the policy changes) asks the same question.
+    """
     if raw is None or raw in (b"", ""):
         raise PolicyError("universe_symbols is missing")
     try:

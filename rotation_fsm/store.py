@@ -72,17 +72,21 @@ class _Ops:
         if index is None:
             self.keys.append(key)
             index = self._index[key] = len(self.keys)
-        op: list[str | int] = [command, index]
-        for arg in args:
-            if isinstance(arg, bytes):
-                try:
-                    op.append(arg.decode())
-                except UnicodeDecodeError:  # JSON cannot carry it: pass it beside
-                    self.binary.append(arg)
-                    op.append(2 + len(self.binary))
-            else:
-                op.append(arg if isinstance(arg, str) else str(arg))
+        op: list[str | int] = [command, index, *args]
+        if not all(type(a) is str for a in args):  # the common case needs no conversion
+            op[2:] = [self._arg(a) for a in args]
         self.ops.append(op)
+
+    def _arg(self, arg: Any) -> str | int:
+        if isinstance(arg, str):
+            return arg
+        if isinstance(arg, bytes):
+            try:
+                return arg.decode()
+            except UnicodeDecodeError:  # JSON cannot carry it: pass it beside
+                self.binary.append(arg)
+                return 2 + len(self.binary)
+        return str(arg)
 
     def argv(self) -> list[Any]:
         return [self.expected, _ops_encoder.encode(self.ops), *self.binary]
@@ -191,8 +195,13 @@ class Store:
         if not effects:
             return True
         ops = _Ops(self.keys.version, version)
+        acks: dict[str, list[str]] = {}
         for effect in effects:
             self._translate(ops, effect, now_ms)
+            if isinstance(effect, Ack):
+                acks.setdefault(effect.stream, []).append(effect.entry_id)
+        for stream, ids in sorted(acks.items()):
+            ops.add("XACK", self._stream[stream], self.group, *ids)
         applied, _ = await self._commit(keys=ops.keys, args=ops.argv())
         return int(applied) == 1
 
@@ -209,10 +218,11 @@ class Store:
                 )
             case DeadLetter():
                 ops.add("XADD", k.dlq, "*", *_flat(effect.entry()))
-            case Decided(decision=d, permit=permit):
+            case Decided(decision=d, permit=permit, unblock=unblock):
                 ops.add("XADD", k.decisions, "*", *_flat(to_fields(d)))
                 if d.decision == "ALLOW":
-                    ops.add("DEL", k.block(d.plan_id))
+                    if unblock:
+                        ops.add("DEL", k.block(d.plan_id))
                     if permit:
                         body = {
                             "granted": True,
@@ -238,9 +248,8 @@ class Store:
                 ops.add("HDEL", k.reservations, sym)
             case SetConfidence(symbol=sym, confidence=value):
                 ops.add("HSET", k.entry_confidence, sym, repr(value))
-            case Ack(stream=stream, entry_id=entry_id):
-                ops.add("XACK", self._stream[stream], self.group, entry_id)
-
+            case Ack():
+                pass  # gathered into one XACK per stream below
     def _save_rotation(self, ops: _Ops, rec: RotationRecord, now_ms: int) -> None:
         """The hash, and everything that follows from the state: in-flight set,
         deadline, the seed's lock key, the close-plan index, the finished index."""
