@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from . import reasons as R
@@ -92,6 +93,18 @@ async def fetch_market(exchange: Exchange, symbols: list[str], rules: Rules) -> 
     return build_market(positions, account, klines, symbols, account_error=account_error)
 
 
+@dataclass
+class _Ahead:
+    """A commit sent but not yet known to have applied."""
+
+    version: int
+    effects: list[Effect]
+    now_ms: int
+    task: asyncio.Task[bool]
+    inputs: Sequence[Input]
+    market: Market
+
+
 class BookEngine:
     """Decides and commits inputs for one book."""
 
@@ -111,6 +124,7 @@ class BookEngine:
         self.clock = clock
         self.max_attempts = max_attempts
         self._lock = asyncio.Lock()
+        self._ahead: _Ahead | None = None  # the pipelined commit in flight
         self._bad_settings: set[tuple[str, str]] = set()
         self.conflicts = 0
         self.observers: list[Callable[[Sequence[Effect], int], None]] = []
@@ -119,29 +133,101 @@ class BookEngine:
         """Decide `inputs` and commit their effects exactly once; return the effects."""
         if not inputs:
             return []
+        market = await fetch_market(self.exchange, needs_market(inputs, self.rules), self.rules)
+        async with self._lock:
+            await self._settle()
+            return await self._decide_and_commit(inputs, market)
+
+    async def submit(self, inputs: Sequence[Input]) -> None:
+        """Like `handle`, pipelined: decide `inputs` while the previous submission's
+        commit is still in flight, then send this commit once that one is known.
+
+        The load may see the book before or after the commit in flight lands. The
+        version is read first, and applying a commit's effects to a view is an
+        idempotent set, so applying the in-flight effects to a load that carries
+        the old version gives exactly the state after it. If the commit in flight
+        is refused (another replica moved first), both batches are decided again.
+        """
+        if not inputs:
+            return
         wanted = needs_market(inputs, self.rules)
         market = await fetch_market(self.exchange, wanted, self.rules)
         async with self._lock:
-            for attempt in range(self.max_attempts):
-                view = await self.store.load(inputs, market)
-                rules = self._live(view.settings_raw)
-                if set(needs_market(inputs, rules)) - set(wanted):
-                    # The live settings changed under us (e.g. resumed): ask again.
-                    wanted = needs_market(inputs, rules)
-                    market = await fetch_market(self.exchange, wanted, rules)
-                    continue
-                now_ms = self.clock()
-                seed = seed_of(view)
-                effects = decide_batch(inputs, view, market, rules, now_ms)
-                if effects:
-                    effects.append(batch_entry(inputs, seed, market, rules, now_ms, effects))
-                if await self.store.commit(seed.version, effects, now_ms):
-                    self._report(effects, now_ms)
-                    return effects
-                self.conflicts += 1
-                # Another replica committed in between: back off a little, growing
-                # with the attempt so two replicas do not keep colliding in step.
-                await asyncio.sleep(min(0.05, 0.001 * (attempt + 1)))
+            view = await self.store.load(inputs, market)
+            ahead = self._ahead
+            if ahead is not None and view.version == ahead.version:
+                for effect in ahead.effects:
+                    view.apply(effect)
+                view.version += 1
+            rules = self._live(view.settings_raw)
+            if set(needs_market(inputs, rules)) - set(wanted):
+                await self._settle()  # rare: the settings changed what to ask the exchange
+                await self._decide_and_commit(inputs, await fetch_market(
+                    self.exchange, needs_market(inputs, rules), rules))
+                return
+            now_ms = self.clock()
+            seed = seed_of(view)
+            effects = decide_batch(inputs, view, market, rules, now_ms)
+            if effects:
+                effects.append(batch_entry(inputs, seed, market, rules, now_ms, effects))
+            if not await self._settle():
+                # The batch before was refused, so this one was decided on a state
+                # that never existed: decide it again, after the one before.
+                await self._decide_and_commit(inputs, market)
+                return
+            if effects:
+                task = asyncio.create_task(self.store.commit(seed.version, effects, now_ms))
+                self._ahead = _Ahead(seed.version, effects, now_ms, task, inputs, market)
+
+    async def flush(self) -> None:
+        """Wait for the commit in flight (if any): call before stopping."""
+        async with self._lock:
+            await self._settle()
+
+    async def _settle(self) -> bool:
+        """Resolve the commit in flight; redo its batch if it was refused.
+
+        Returns False when it had to be redone (whatever was decided after it
+        must be decided again too).
+        """
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return True
+        try:
+            applied = await ahead.task
+        except BaseException:
+            ahead.task.cancel()
+            raise
+        if applied:
+            self._report(ahead.effects, ahead.now_ms)
+            return True
+        self.conflicts += 1
+        await self._decide_and_commit(ahead.inputs, ahead.market)
+        return False
+
+    async def _decide_and_commit(self, inputs: Sequence[Input], market: Market) -> list[Effect]:
+        """Load → decide → commit until a commit is applied (the lock is held)."""
+        wanted = needs_market(inputs, self.rules)
+        for attempt in range(self.max_attempts):
+            view = await self.store.load(inputs, market)
+            rules = self._live(view.settings_raw)
+            if set(needs_market(inputs, rules)) - set(wanted):
+                # The live settings changed under us (e.g. resumed): ask again.
+                wanted = needs_market(inputs, rules)
+                market = await fetch_market(self.exchange, wanted, rules)
+                continue
+            now_ms = self.clock()
+            seed = seed_of(view)
+            effects = decide_batch(inputs, view, market, rules, now_ms)
+            if effects:
+                effects.append(batch_entry(inputs, seed, market, rules, now_ms, effects))
+            if await self.store.commit(seed.version, effects, now_ms):
+                self._report(effects, now_ms)
+                return effects
+            self.conflicts += 1
+            # Another replica committed in between: back off a little, growing
+            # with the attempt so two replicas do not keep colliding in step.
+            await asyncio.sleep(min(0.05, 0.001 * (attempt + 1)))
         raise CommitConflict(f"gave up after {self.max_attempts} conflicting commits")
 
     def _live(self, raw: dict[str, str]) -> Rules:

@@ -61,6 +61,7 @@ class Listener:
         self.claim_idle_ms = claim_idle_ms
         self._streams = {keys.plans: "plans", keys.results: "results"}
         self._next_claim = 0.0
+        self._failed = False
         self.handled = 0
 
     async def ensure_groups(self) -> None:
@@ -78,10 +79,23 @@ class Listener:
         await self.run_once(pending=True)
         while not stop.is_set():
             await self.run_once(block_ms=self.block_ms)
+        await self.engine.flush()
 
     async def run_once(self, *, block_ms: int | None = None, pending: bool = False) -> int:
         """One read (new entries, or this consumer's own pending ones) and any due
-        claim; returns how many entries were handled."""
+        claim; returns how many entries were handled.
+
+        After a failure (Redis went away mid-batch) the next call first re-reads
+        this consumer's own pending entries: they were delivered but not committed.
+        """
+        if self._failed:
+            pending = True
+        self._failed = True
+        handled = await self._run_once(block_ms=block_ms, pending=pending)
+        self._failed = False
+        return handled
+
+    async def _run_once(self, *, block_ms: int | None, pending: bool) -> int:
         handled = 0
         if time.monotonic() >= self._next_claim:
             self._next_claim = time.monotonic() + self.claim_idle_ms / 2000
@@ -138,7 +152,7 @@ class Listener:
                 continue
             inputs.append(to_input(logical, entry_id, fields))
         if inputs:
-            await self.engine.handle(inputs)
+            await self.engine.submit(inputs)
         self.handled += len(inputs)
         return len(inputs)
 

@@ -211,6 +211,9 @@ async def run_engine(
             *(loop for run in books.values() for loop in _loops(run, running, ready, len(books)))
         )
     finally:
+        for run in books.values():
+            with contextlib.suppress(*REDIS_DOWN):  # its entries stay pending: redelivered
+                await run.engine.flush()  # the last pipelined commit
         await runner.cleanup()
         for run in books.values():
             await run.exchange.close()
