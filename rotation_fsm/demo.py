@@ -123,9 +123,9 @@ class Timeline:
     async def follow(self, stop: asyncio.Event) -> None:
         """XREAD the four streams until `stop`; each block stays under redis-py's 5 s
         socket timeout."""
-        cursors = dict.fromkeys(self.streams, self.since)
+        cursors: dict[Any, Any] = dict.fromkeys(self.streams, self.since)
         while not stop.is_set():
-            reply = await self.redis.xread(cursors, count=200, block=500)
+            reply: Any = await self.redis.xread(cursors, count=200, block=500)
             batch: list[tuple[str, str, dict[str, str]]] = []
             for stream, entries in reply or []:
                 name = _text(stream)
@@ -246,7 +246,7 @@ class World:
             parts.append(f"{symbol} {pnl:+.1f}%")
         return f"book: {', '.join(parts)}  ({len(parts)} of {desired} slots)"
 
-    async def send(self, symbol: str, confidence: float) -> str:
+    async def send(self, symbol: str, confidence: float | None) -> str:
         """Publish an OPEN_LONG plan for `symbol` as the intent bridge would; its plan id."""
         plan = self.sim.plan_for(symbol, confidence=confidence)
         await self.redis.xadd(self.keys.plans, plan)  # type: ignore[arg-type]
@@ -290,7 +290,9 @@ async def scenario_full_book(w: World) -> tuple[str, str]:
     w.open_position("XRPUSDT")
     w.weaken("ETHUSDT", 0.03)
     w.out.say(f"  {w.describe_book(4)}; ETHUSDT is the weakest")
-    pid = await w.send("ADAUSDT", 0.90)
+    # No confidence: the rotation threshold (contract §5) compares it with the entry
+    # confidence of the weakest, which an earlier run on the same Redis may have recorded.
+    pid = await w.send("ADAUSDT", None)
     decision = await w.step("decision", {"plan_id": pid}, "the answer")
     w.expect(decision, R.BLOCK, R.WAITING_ROTATION_CLOSE, "full book")
     lock = await w.step("event", {"event": R.EV_LOCK_CREATED, "new_plan_id": pid}, "the lock")
@@ -318,7 +320,7 @@ async def scenario_timeout(w: World) -> None:
     w.weaken("XRPUSDT", 0.04)
     w.out.say(f"  {w.describe_book(4)}; XRPUSDT is the weakest")
     w.out.say("  the paper exchange will execute the close but lose its result")
-    pid = await w.send("DOGEUSDT", 0.90)
+    pid = await w.send("DOGEUSDT", None)
     w.apply.lose_results_of(pid)
     decision = await w.step("decision", {"plan_id": pid}, "the answer")
     w.expect(decision, R.BLOCK, R.WAITING_ROTATION_CLOSE, "full book")
@@ -490,7 +492,8 @@ def render(s: Summary, lost: int) -> str:
 
 async def read_summary(redis: Redis, keys: Keys, since: str) -> Summary:
     async def entries(stream: str) -> list[dict[str, str]]:
-        return [_fields(raw) for _, raw in await redis.xrange(stream, min=since)]
+        found: Any = await redis.xrange(stream, min=since)
+        return [_fields(raw) for _, raw in found]
 
     return summarize(
         await entries(keys.plans),
@@ -547,7 +550,9 @@ async def play(redis_url: str, seconds: float, out: Out, interrupt: asyncio.Even
     seed_regimes(book, dict.fromkeys(UNIVERSE, Regime.BASE), now_ms=int(time.time() * 1000))
     apply = ApplyLoop(redis, book, keys, ApplyConfig(latency_ms=200, seed=11))
     timeline = Timeline(reader, keys, out, since, LOCK_TTL_S)
-    sim = IntentSimulator(redis, SimConfig(keys=keys, universe=UNIVERSE, seed=3))
+    # Fresh plan ids each run: on a Redis given by --redis-url an old id's decision is
+    # final and would be answered again.
+    sim = IntentSimulator(redis, SimConfig(keys=keys, universe=UNIVERSE))
     w = World(redis, keys, book, apply, timeline, sim, out)
     apply.observers.append(lambda o: _show_lost(out, o))
     runner, port = await _start_exchange(book)
@@ -565,7 +570,7 @@ async def play(redis_url: str, seconds: float, out: Out, interrupt: asyncio.Even
         running = await asyncio.wait_for(started, 10)
         _on_signals(interrupt)  # the engine took SIGINT/SIGTERM for its own stop: take back
         await _engine_ready(running)
-        out.say(f"  paper exchange      http://127.0.0.1:{port}  (Binance USDⓈ-M futures REST)")
+        out.say(f"  paper exchange      http://127.0.0.1:{port}  (Binance USD-M futures REST)")
         out.say(f"  console/status at   http://127.0.0.1:{running.http_port}/")
         out.say(f"  policy universe     {', '.join(UNIVERSE)}  ({keys.policy})")
         w.open_position("BTCUSDT")

@@ -199,7 +199,7 @@ class Stack:
     def _announce(self, paper_port: int, engines: list[str]) -> None:
         keys = Keys()
         lines = [
-            f"  paper-exchange    http://127.0.0.1:{paper_port}  (Binance USDⓈ-M futures REST)",
+            f"  paper-exchange    http://127.0.0.1:{paper_port}  (Binance USD-M futures REST)",
             *(
                 f"  {name:<17} {url}/healthz  /readyz  /metrics  /rotations"
                 for name, url in zip(REPLICAS, engines, strict=True)
