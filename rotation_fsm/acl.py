@@ -15,7 +15,7 @@ ENGINE_COMMANDS = (
     "get", "mget", "hget", "hgetall", "smembers", "scard", "zrangebyscore", "zrevrange",
     # the commit script and what it calls
     "evalsha", "eval", "script|load", "set", "del", "hset", "hdel", "sadd", "srem",
-    "zadd", "zrem", "pexpire", "persist", "incr",
+    "zadd", "zrem", "zremrangebyscore", "pexpire", "persist", "incr",
     # connection housekeeping (redis-py sends these)
     "ping", "client|setname",  # (CLIENT SETINFO is refused quietly: redis-py ignores it)
 )

@@ -136,10 +136,13 @@ class Store:
             pipe.smembers(k.inflight)
             pipe.hgetall(k.entry_confidence)
             pipe.hgetall(k.settings)
+            # MGET through execute_command: redis-py's cluster pipeline refuses its
+            # `mget()` method outright, though every key here shares the book's hash
+            # tag (one slot), which is all Redis Cluster itself requires (issue #7).
             if plan_ids:
-                pipe.mget([k.plan(p) for p in plan_ids])
+                pipe.execute_command("MGET", *[k.plan(p) for p in plan_ids])
             if close_ids:
-                pipe.mget([k.close_index(c) for c in close_ids])
+                pipe.execute_command("MGET", *[k.close_index(c) for c in close_ids])
             replies = await pipe.execute()
         version, policy, reservations, inflight, confidence, live = replies[:6]
         rest = iter(replies[6:])
@@ -275,6 +278,8 @@ class Store:
             ops.add("ZREM", k.deadlines, rec.rotation_id)
             ops.add("DEL", k.lock(rec.new_plan_id))
             ops.add("ZADD", k.finished, rec.ended_ms or now_ms, rec.rotation_id)
+            # The index keeps what the rotation hashes keep: trim it as they expire.
+            ops.add("ZREMRANGEBYSCORE", k.finished, "-inf", now_ms - self.retention_ms)
             ops.add("PEXPIRE", key, self.retention_ms)
 
 

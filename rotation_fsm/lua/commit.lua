@@ -15,7 +15,7 @@
 -- in redis-py cost more than the whole commit inside Redis.
 local allowed = {
   XADD = true, XACK = true, SET = true, DEL = true, HSET = true, HDEL = true,
-  ZADD = true, ZREM = true, SADD = true, SREM = true, PEXPIRE = true, PERSIST = true,
+  ZADD = true, ZREM = true, ZREMRANGEBYSCORE = true, SADD = true, SREM = true, PEXPIRE = true, PERSIST = true,
 }
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if current ~= tonumber(ARGV[1]) then

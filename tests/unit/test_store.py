@@ -97,3 +97,13 @@ async def test_acks_are_part_of_the_commit(store):
     assert (await r.xpending(k.plans, "rotation-fsm"))["pending"] == 1
     await decide_and_commit(store, [PlanIn(entry_id, plan("p"))], market())
     assert (await r.xpending(k.plans, "rotation-fsm"))["pending"] == 0
+
+
+async def test_finished_index_is_trimmed_to_the_retention(store):
+    r, k = store.redis, store.keys
+    await r.zadd(k.finished, {"ancient@1": NOW_MS - 3_600_001})
+    await decide_and_commit(store, [PlanIn("1-0", plan())], market(*book_of(3)))
+    (rotation_id,) = [m.decode() for m in await r.smembers(k.inflight)]
+    rec = await store.rotation(rotation_id)
+    await decide_and_commit(store, [ResultIn("2-0", result(rec.close_plan_id))], Market(), NOW_MS)
+    assert [m.decode() for m in await r.zrange(k.finished, 0, -1)] == [rotation_id]
