@@ -393,6 +393,10 @@ def decide_plan(ctx: _Ctx) -> list[Effect]:
         and over_margin(market.account, rules.max_margin_usage)
     ):
         return _answer(ctx, R.BLOCK, R.MARGIN_CAP, final=False)
+    if plan.symbol in view.rotation_targets():
+        # Still open, but a rotation is closing it: "held" would let the entry execute
+        # after the close and leave the book one over. Decided afresh on a resend.
+        return _answer(ctx, R.BLOCK, R.ROTATION_IN_PROGRESS, final=False)
     if plan.symbol in market.open_symbols or plan.symbol in view.reservations:
         return _answer(ctx, R.ALLOW, R.SLOT_ALREADY_HELD, final=True)
     blocked = _correlation_block(ctx)

@@ -368,3 +368,10 @@ def test_no_candidate_when_every_position_is_held(book):
     book.feed([PlanIn(f"1-{i}", plan(ids[i], syms[i])) for i in range(4)], mkt, rl, NOW_MS)
     assert book.last_decision(ids[3]).reason == R.NO_ROTATION_CANDIDATE
     assert len({c["symbol"] for c in book.close_plans}) == 3
+
+
+def test_a_plan_for_the_symbol_being_rotated_out_waits(book):
+    mkt, rot = start_rotation(book)
+    d = send(book, plan("planCCCC-3", rot.close_symbol), mkt, NOW_MS + 10)
+    assert (d.decision, d.reason) == (R.BLOCK, R.ROTATION_IN_PROGRESS)
+    assert not book.view.plans["planCCCC-3"].final
