@@ -165,19 +165,15 @@ class BookEngine:
                 await self._decide_and_commit(inputs, await fetch_market(
                     self.exchange, needs_market(inputs, rules), rules))
                 return
-            now_ms = self.clock()
-            seed = seed_of(view)
-            effects = decide_batch(inputs, view, market, rules, now_ms)
-            if effects:
-                effects.append(batch_entry(inputs, seed, market, rules, now_ms, effects))
+            version, effects, now_ms = self._decide(inputs, view, market, rules)
             if not await self._settle():
                 # The batch before was refused, so this one was decided on a state
                 # that never existed: decide it again, after the one before.
                 await self._decide_and_commit(inputs, market)
                 return
             if effects:
-                task = asyncio.create_task(self.store.commit(seed.version, effects, now_ms))
-                self._ahead = _Ahead(seed.version, effects, now_ms, task, inputs, market)
+                task = asyncio.create_task(self.store.commit(version, effects, now_ms))
+                self._ahead = _Ahead(version, effects, now_ms, task, inputs, market)
 
     async def flush(self) -> None:
         """Wait for the commit in flight (if any): call before stopping."""
@@ -216,12 +212,8 @@ class BookEngine:
                 wanted = needs_market(inputs, rules)
                 market = await fetch_market(self.exchange, wanted, rules)
                 continue
-            now_ms = self.clock()
-            seed = seed_of(view)
-            effects = decide_batch(inputs, view, market, rules, now_ms)
-            if effects:
-                effects.append(batch_entry(inputs, seed, market, rules, now_ms, effects))
-            if await self.store.commit(seed.version, effects, now_ms):
+            version, effects, now_ms = self._decide(inputs, view, market, rules)
+            if await self.store.commit(version, effects, now_ms):
                 self._report(effects, now_ms)
                 return effects
             self.conflicts += 1
@@ -229,6 +221,17 @@ class BookEngine:
             # with the attempt so two replicas do not keep colliding in step.
             await asyncio.sleep(min(0.05, 0.001 * (attempt + 1)))
         raise CommitConflict(f"gave up after {self.max_attempts} conflicting commits")
+
+    def _decide(
+        self, inputs: Sequence[Input], view: BookView, market: Market, rules: Rules
+    ) -> tuple[int, list[Effect], int]:
+        """The batch's effects with its audit entry: (version decided on, effects, now)."""
+        now_ms = self.clock()
+        seed = seed_of(view)  # before deciding: the audit records what the batch found
+        effects = decide_batch(inputs, view, market, rules, now_ms)
+        if effects:
+            effects.append(batch_entry(inputs, seed, market, rules, now_ms, effects))
+        return seed.version, effects, now_ms
 
     def _live(self, raw: dict[str, str]) -> Rules:
         rules, errors = overlay(self.base_rules, raw, self.rules)
