@@ -70,7 +70,7 @@ class SettingChange(msgspec.Struct, kw_only=True, tag="setting"):
 
 AuditEntry = AuditBatch | SettingChange
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder(AuditEntry).decode
+_decoder: msgspec.json.Decoder[AuditEntry] = msgspec.json.Decoder(AuditEntry)
 
 
 def seed_of(view: BookView) -> ViewSeed:
@@ -129,4 +129,4 @@ def setting_entry(change: SettingChange) -> dict[str, str]:
 
 def parse_entry(fields: dict[str, str]) -> AuditEntry:
     """An audit entry from its stream fields; raises msgspec.DecodeError/ValidationError."""
-    return _decode(fields["body"])
+    return _decoder.decode(fields["body"])

@@ -19,14 +19,17 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from redis.exceptions import RedisError
 
 from . import reasons as R
 from .audit import AuditBatch
 from .decide import BookView, Decided, Input, PlanIn, decide_one, expire_reservations
+from .diagram import render_path
 from .keys import Keys
 from .messages import (
     BadEntry,
@@ -50,14 +53,28 @@ from .settings import Rules, SettingError
 from .slots import PolicyError, desired_slots, occupied, parse_universe, weakest
 from .snapshot import Market
 from .store import AnyRedis
-from .timeline import NONE, iso_ms, listing, num, pct, seconds, table, to_json
+from .timeline import (
+    NONE,
+    iso_ms,
+    listing,
+    num,
+    pct,
+    seconds,
+    state_changes,
+    table,
+    times,
+    to_json,
+)
 
 EXIT_OK, EXIT_UNKNOWN, EXIT_UNREADABLE = 0, 1, 2
-#: audit entries `explain` reads at most, newest first, looking for a plan's decisions
-SCAN_LIMIT = 50_000
+#: stream entries one search reads at most (a plan whose record expired is looked
+#: for newest first; `status` looks this far back for an exchange snapshot)
+SCAN_LIMIT = 20_000
 PAGE = 500
-#: how far after a rotation's last change its events and audit entries are looked for
+#: how far after a plan's or rotation's last known moment its entries are looked for
 AFTER_MS = 60_000
+#: entry ids are Redis's clock, `now_ms` the engine host's: allow them to disagree
+SKEW_MS = 5_000
 
 _SLOTS_VAR = {
     Regime.TREND_STRONG: "GOV_ACTIVE_SLOTS_TREND_STRONG",
@@ -195,7 +212,11 @@ def regime_sentence(f: dict[str, Any]) -> str:
             else f"trend < {pct(CHOP_MAX_TREND, 0)}"
         )
     else:
-        why = "neither TREND_STRONG nor CHOP"
+        why = (
+            f"not TREND_STRONG: trend > {pct(TREND_STRONG_MIN_TREND, 0)} and ATR% < "
+            f"{pct(TREND_STRONG_MAX_ATR_PCT, 0)}; not CHOP: ATR% > {pct(CHOP_MIN_ATR_PCT, 0)} "
+            f"or trend < {pct(CHOP_MAX_TREND, 0)}"
+        )
     return (
         f"{f['symbol']} reads {regime}: EMA20 {num(f['ema20'])}, EMA50 {num(f['ema50'])}, "
         f"trend {pct(trend)}, ATR% {pct(atr)} over {f['klines']} klines ({why}) → {slots}."
@@ -228,6 +249,11 @@ def _slot_reasons(reason: str, f: dict[str, Any], rotation_id: str) -> list[str]
         return [
             f"No slot free: rotation {rotation_id} {target}; the entry waits for that close "
             f"(deadline {f['lock_ttl_s']:g} s)."
+        ]
+    if reason == R.ROTATION_IN_PROGRESS and f["symbol"] in f["rotation_targets"]:
+        return [
+            f"{f['symbol']} is still open but a rotation in flight is closing it: no entry "
+            f"for it until that rotation ends (asked again, it is decided afresh)."
         ]
     if reason == R.ROTATION_IN_PROGRESS:
         return [
@@ -373,18 +399,21 @@ def rotation_story(
     )
     if rec.snapshot:
         rows = [
-            [str(s), pct(float(p)), f"{float(w):.4f}", "← closed" if s == rec.close_symbol else ""]
+            [str(s), pct(float(p)), f"{float(w):.4f}", "closed" if s == rec.close_symbol else ""]
             for s, p, w in sorted(rec.snapshot, key=lambda r: (-float(r[2]), str(r[0])))
         ]
         lines.append("  positions when it began:")
-        lines += table(["symbol", "pnl", "weakness", ""], rows, indent=4)
+        lines += table(["symbol", "pnl", "weakness", "chosen"], rows, indent=4)
     lines.append(
         f"  Close plan {rec.close_plan_id} emitted; deadline {iso_ms(rec.deadline_ms)} "
         f"({seconds(rec.deadline_ms - rec.created_ms)} after it began)."
     )
-    history = [[iso_ms(int(ms)), f"{trigger} → {state}"] for ms, trigger, state in rec.history]
     lines.append("  history:")
-    lines += table(["time", "trigger → state"], history, indent=4)
+    lines += table(
+        ["time", "state change"],
+        [[iso_ms(ms), text] for ms, text in state_changes(rec.history)],
+        indent=4,
+    )
     if events:
         lines.append("  events:")
         lines += table(["time", "event", "state"], [_event_row(e) for e in events], indent=4)
@@ -421,62 +450,74 @@ def outcome(rec: RotationRecord) -> str:
 # ================================================================ reading Redis
 
 
-async def _audit_newest_first(
-    redis: AnyRedis, keys: Keys, needle: str, *, not_before_ms: int = 0, limit: int = SCAN_LIMIT
-) -> list[Recorded]:
-    """Audit entries whose body mentions `needle` (JSON-quoted), oldest first.
+def _decoded(raw: dict[Any, Any]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in raw.items()}
 
-    Reads newest first, at most `limit` entries, stopping at `not_before_ms`. The
-    raw bytes are searched before any entry is decoded: most entries are skipped
-    without parsing.
-    """
-    quoted = json.dumps(needle).encode()
-    found: list[Recorded] = []
-    start, seen = "+", 0
+
+async def _page(redis: AnyRedis, key: str, low: str, high: str, newest_first: bool) -> list[Any]:
+    if newest_first:
+        return await redis.xrevrange(key, max=high, min=low, count=PAGE) or []
+    return await redis.xrange(key, min=low, max=high, count=PAGE) or []
+
+
+async def _scan(
+    redis: AnyRedis,
+    key: str,
+    *,
+    low: str = "-",
+    high: str = "+",
+    newest_first: bool = False,
+    limit: int = SCAN_LIMIT,
+) -> AsyncIterator[tuple[str, dict[Any, Any]]]:
+    """Entries of `key` in [low, high], page by page, at most `limit` (raw bytes)."""
+    seen = 0
     while seen < limit:
-        page = await redis.xrevrange(keys.audit, max=start, min="-", count=PAGE)
-        for entry_id, raw in page:
-            eid = _text(entry_id)
+        page = await _page(redis, key, low, high, newest_first)
+        for entry_id, raw in page[: limit - seen]:
             seen += 1
-            if id_key(eid)[0] < not_before_ms:
-                return found[::-1]
-            body = raw.get(b"body", b"")
-            if quoted in body:
-                fields = {_text(k): _text(v) for k, v in raw.items()}
-                found.append(parse_audit(eid, fields, keys.audit))
+            yield _text(entry_id), raw
         if len(page) < PAGE:
-            break
-        start = "(" + _text(page[-1][0])
-    return found[::-1]
+            return
+        after = "(" + _text(page[-1][0])  # exclusive bounds: Redis >= 6.2
+        high, low = (after, low) if newest_first else (high, after)
 
 
-async def _audit_between(
-    redis: AnyRedis, keys: Keys, needle: str, low_ms: int, high_ms: int
-) -> list[Recorded]:
+async def _mentions(
+    redis: AnyRedis, keys: Keys, needle: str, **scan: Any
+) -> AsyncIterator[Recorded]:
+    """Audit entries whose body names `needle` (JSON-quoted). The raw bytes are searched
+    first, so the many entries that do not mention it are never decoded."""
     quoted = json.dumps(needle).encode()
-    out: list[Recorded] = []
-    for entry_id, raw in await redis.xrange(keys.audit, min=str(low_ms), max=str(high_ms)):
+    async for entry_id, raw in _scan(redis, keys.audit, **scan):
         if quoted in raw.get(b"body", b""):
-            fields = {_text(k): _text(v) for k, v in raw.items()}
-            out.append(parse_audit(_text(entry_id), fields, keys.audit))
-    return out
+            yield parse_audit(entry_id, _decoded(raw), keys.audit)
+
+
+def _plan_window(record: PlanRecord) -> tuple[int, int]:
+    """Where in time a plan's decisions can be: from its first stream entry (or the
+    start of its rotation) to its last entry or decision, widened for clock skew."""
+    moments_ms = [id_key(e)[0] for e in record.entries] + [record.decided_ms]
+    created = record.rotation_id.rpartition("@")[2]
+    if created.isdigit():
+        moments_ms.append(int(created))
+    return min(moments_ms) - SKEW_MS, max(moments_ms) + AFTER_MS
 
 
 async def _events_of(redis: AnyRedis, keys: Keys, rec: RotationRecord) -> list[dict[str, str]]:
+    """The rotation's entries of the event stream (searched around its lifetime)."""
     last = max(rec.updated_ms, rec.ended_ms, rec.late_confirmed_ms, rec.created_ms)
-    reply = await redis.xrange(
-        keys.events, min=str(rec.created_ms - 1000), max=str(last + AFTER_MS)
-    )
+    wanted = rec.rotation_id.encode()
     out = []
-    for _, raw in reply:
-        fields = {_text(k): _text(v) for k, v in raw.items()}
-        if fields.get("rotation_id") == rec.rotation_id:
-            out.append(fields)
+    async for _, raw in _scan(
+        redis, keys.events, low=str(rec.created_ms - SKEW_MS), high=str(last + AFTER_MS)
+    ):
+        if raw.get(b"rotation_id") == wanted:
+            out.append(_decoded(raw))
     return out
 
 
 async def _rotation(redis: AnyRedis, keys: Keys, rotation_id: str) -> RotationRecord | None:
-    raw = await redis.hgetall(keys.rotation(rotation_id))
+    raw: dict[Any, Any] = await redis.hgetall(keys.rotation(rotation_id))
     if not raw:
         return None
     try:
@@ -487,9 +528,8 @@ async def _rotation(redis: AnyRedis, keys: Keys, rotation_id: str) -> RotationRe
 
 async def _start_moment(redis: AnyRedis, keys: Keys, rec: RotationRecord) -> Moment | None:
     """The decision that began `rec`, re-run from its audit batch (None once trimmed)."""
-    for found in await _audit_between(
-        redis, keys, rec.rotation_id, rec.created_ms, rec.created_ms + AFTER_MS
-    ):
+    window = {"low": str(rec.created_ms - SKEW_MS), "high": str(rec.created_ms + AFTER_MS)}
+    async for found in _mentions(redis, keys, rec.rotation_id, **window):
         batch = found.entry
         if isinstance(batch, AuditBatch) and batch.now_ms == rec.created_ms:
             for m in moments(found.entry_id, batch, rec.new_plan_id):
@@ -522,13 +562,22 @@ async def explain_rotation(redis: AnyRedis, keys: Keys, rec: RotationRecord) -> 
 
 
 def _rotation_json(rec: RotationRecord) -> dict[str, Any]:
-    import msgspec
-
     data: dict[str, Any] = msgspec.to_builtins(rec)
     data["created"] = iso_ms(rec.created_ms)
     data["deadline"] = iso_ms(rec.deadline_ms)
     data["ended"] = iso_ms(rec.ended_ms) if rec.ended_ms else None
+    data["diagram_mermaid"] = path_diagram(rec)
     return data
+
+
+def path_diagram(rec: RotationRecord) -> str | None:
+    """The machine's Mermaid diagram with this rotation's path and state highlighted
+    (None if its history names a state the machine no longer has)."""
+    path = ["IDLE", *(str(state) for _, _, state in rec.history)]
+    try:
+        return render_path("mermaid", path, rec.state)
+    except ValueError:
+        return None
 
 
 def _moment_json(m: Moment, rotation: RotationRecord | None) -> dict[str, Any]:
@@ -550,10 +599,11 @@ async def explain_plan(
 ) -> Story | None:
     """Every decision of `plan_id` found in the audit stream, each with its numbers,
     then the story of its rotation. None when nothing at all is known of it."""
-    earliest = min((id_key(e)[0] for e in (record.entries if record else [])), default=0)
-    found = await _audit_newest_first(
-        redis, keys, plan_id, not_before_ms=max(0, earliest - AFTER_MS)
-    )
+    if record is not None:
+        low, high = _plan_window(record)
+        found = [r async for r in _mentions(redis, keys, plan_id, low=str(low), high=str(high))]
+    else:  # the record expired: look back from the newest entry, bounded
+        found = [r async for r in _mentions(redis, keys, plan_id, newest_first=True)][::-1]
     decided = [
         m
         for r in found
@@ -575,10 +625,9 @@ async def explain_plan(
         lines += [f"  {s}" for s in because(m, rot)]
     if not decided:
         lines += ["", "  (its decisions are no longer in the audit stream)"]
-    for rotation_id, rec in rotations.items():
-        if rec is not None:
-            start = next((m for m in decided if m.recorded[3] == rotation_id and m.facts), None)
-            lines += ["", *rotation_story(rec, start, await _events_of(redis, keys, rec))]
+    for rec in rotations.values():
+        if rec is not None:  # its numbers were told with the decision above: not again
+            lines += ["", *rotation_story(rec, None, await _events_of(redis, keys, rec))]
     data = {
         "kind": "plan",
         "plan_id": plan_id,
@@ -590,8 +639,6 @@ async def explain_plan(
 
 
 def _plan_json(record: PlanRecord) -> dict[str, Any]:
-    import msgspec
-
     data: dict[str, Any] = msgspec.to_builtins(record)
     data["decided"] = iso_ms(record.decided_ms) if record.decided_ms else None
     return data
@@ -605,10 +652,10 @@ def _plan_title(plan_id: str, record: PlanRecord | None, decided: list[Moment]) 
             symbol, action = m.item.plan.symbol, m.item.plan.action
     head = f"plan {plan_id}: {symbol} {action}".rstrip()
     if record is None:
-        return f"{head}; decided {len(decided)} times (its plan record has expired)"
+        return f"{head}; decided {times(len(decided))} (its plan record has expired)"
     state = "final" if record.final else "not final"
     return (
-        f"{head}; decided {len(decided)} times; "
+        f"{head}; decided {times(len(decided))}; "
         f"record: {record.decision} {record.reason} ({state}) at {iso_ms(record.decided_ms)}"
     )
 
@@ -637,21 +684,12 @@ async def explain(redis: AnyRedis, keys: Keys, some_id: str) -> Story | None:
 
 async def _newest_snapshot(redis: AnyRedis, keys: Keys) -> Recorded | None:
     """The newest audit batch that holds an exchange snapshot (positions read)."""
-    start, seen = "+", 0
-    while seen < SCAN_LIMIT:
-        page = await redis.xrevrange(keys.audit, max=start, min="-", count=PAGE)
-        for entry_id, raw in page:
-            seen += 1
-            body = raw.get(b"body", b"")
-            if b'"positions":[' not in body:  # no snapshot: skip without parsing
-                continue
-            fields = {_text(k): _text(v) for k, v in raw.items()}
-            found = parse_audit(_text(entry_id), fields, keys.audit)
-            if isinstance(found.entry, AuditBatch) and found.entry.market.positions is not None:
-                return found
-        if len(page) < PAGE:
-            return None
-        start = "(" + _text(page[-1][0])
+    async for entry_id, raw in _scan(redis, keys.audit, newest_first=True):
+        if b'"positions":[' not in raw.get(b"body", b""):  # no snapshot: skip unparsed
+            continue
+        found = parse_audit(entry_id, _decoded(raw), keys.audit)
+        if isinstance(found.entry, AuditBatch) and found.entry.market.positions is not None:
+            return found
     return None
 
 
@@ -742,17 +780,17 @@ async def _slots(
             }
         )
     latest = _last_plan_symbol(batch)
-    reading = batch.market.reading(latest) if latest else None
+    now_reading = batch.market.reading(latest) if latest else None
     open_symbols = sorted(batch.market.open_symbols)
     reserved = [r["symbol"] for r in reservations]
     targets = sorted({r["close_symbol"] for r in in_flight})
     taken = sorted(occupied(open_symbols, reserved, targets))
-    desired = desired_slots(reading.regime, batch.rules) if reading else None
+    desired = desired_slots(now_reading.regime, batch.rules) if now_reading else None
     return {
         "as_of": iso_ms(batch.now_ms),
         "audit_id": snap.entry_id,
         "symbol": latest,
-        "regime": reading.regime.value if reading else None,
+        "regime": now_reading.regime.value if now_reading else None,
         "desired": desired,
         "open": open_symbols,
         "reserved": reserved,

@@ -40,7 +40,7 @@ from .memory import MemoryBook
 from .messages import RotationRecord
 from .settings import RULE_SPECS, Rules, SettingError, Settings, load_settings, rules_from
 from .store import AnyRedis
-from .timeline import iso_ms, listing, table, to_json
+from .timeline import iso_ms, listing, state_changes, table, to_json
 
 EXIT_IDENTICAL, EXIT_DIVERGED, EXIT_UNREADABLE = 0, 1, 2
 #: the streams `dump` copies, by their logical name (book-independent in the file)
@@ -48,6 +48,7 @@ DUMP_STREAMS = ("audit", "plans", "results", "decisions", "events")
 PAGE = 1000  # entries per XRANGE call: a long history never arrives as one reply
 _MAX = 2**64 - 1  # the largest part of a stream id
 _ID = re.compile(r"^\d+(-\d+)?$")
+SHOWN = 10  # ids listed in one line of text output before "and N more"
 
 
 class Unreadable(Exception):
@@ -144,7 +145,7 @@ async def _entries(
     """Every entry of `key` in [since, until], page by page (raw bytes)."""
     start = since
     while True:
-        page = await redis.xrange(key, min=start, max=until, count=PAGE)
+        page: list[Any] = await redis.xrange(key, min=start, max=until, count=PAGE) or []
         for entry_id, raw in page:
             yield _text(entry_id), raw
         if len(page) < PAGE:
@@ -423,6 +424,7 @@ class _Replayer:
         return found
 
     def run(self, entries: Sequence[Recorded]) -> Report:
+        """Replay every entry in order; the report lists what differed."""
         for rec in entries:
             if isinstance(rec.entry, SettingChange):
                 self.report.settings.append((rec.entry_id, rec.entry))
@@ -441,6 +443,7 @@ class _Replayer:
         return created.isdigit() and int(created) >= self.start_ms
 
     def batch(self, audit_id: str, batch: AuditBatch) -> None:
+        """Feed one recorded batch and compare its decisions with the record."""
         report = self.report
         report.batches += 1
         report.first_ms = batch.now_ms if report.first_ms is None else report.first_ms
@@ -596,11 +599,7 @@ def steps(trace: RotationTrace) -> list[Step]:
     At one instant a state change comes before the event that announces it and
     the decision that follows from it (the order the core emits them).
     """
-    out: list[Step] = []
-    previous = "IDLE"
-    for ms, trigger, state in trace.record.history:
-        out.append(Step(int(ms), "state", f"{previous} → {state} ({trigger})"))
-        previous = state
+    out = [Step(ms, "state", text) for ms, text in state_changes(trace.record.history)]
     for ms, ev in trace.events:
         out.append(Step(ms, "event", _event_text(ev)))
     for ms, row in trace.decisions:
@@ -620,10 +619,12 @@ def _event_text(ev: Mapping[str, str]) -> str:
     return text
 
 
-def _row_text(row: list[str] | None) -> str:
+def _row_text(row: list[str] | None, other: list[str] | None) -> str:
+    """`VERDICT reason`; the rotation id only when it is all that differs (--json has it)."""
     if row is None:
         return "(none)"
-    return f"{row[1]} {row[2]}" + (f" [{row[3]}]" if row[3] else "")
+    same_answer = other is not None and other[1:3] == row[1:3]
+    return f"{row[1]} {row[2]}" + (f" [{row[3] or 'no rotation'}]" if same_answer else "")
 
 
 def _trace_json(trace: RotationTrace) -> dict[str, Any]:
@@ -753,15 +754,18 @@ def _verdict_lines(report: Report) -> list[str]:
                 d.audit_id,
                 iso_ms(d.now_ms),
                 d.plan_id,
-                _row_text(d.recorded),
-                _row_text(d.replayed),
+                _row_text(d.recorded, d.replayed),
+                _row_text(d.replayed, d.recorded),
                 d.note,
             ]
             for d in report.divergences
         ],
     )
     if report.not_replayed:
-        lines.append(f"recorded rotations replay never started: {listing(report.not_replayed)}")
+        shown = report.not_replayed[:SHOWN]
+        more = len(report.not_replayed) - len(shown)
+        tail = f" and {more} more (--json lists all)" if more else ""
+        lines.append(f"recorded rotations replay never started: {listing(shown)}{tail}")
     if report.virtual_ticks:
         lines.append(
             f"{report.virtual_ticks} replay-only rotations timed out on the virtual clock "

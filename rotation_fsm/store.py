@@ -185,6 +185,17 @@ class Store:
                 # The set says in flight but the hash is gone (expired by hand?):
                 # nothing can be decided for it, so it no longer holds a slot.
                 view.inflight.discard(rotation_id)
+        # A rotation's end decides its waiting plan: its record (with the entries
+        # already answered) must be in the view, or a redelivery of the plan's
+        # entry after that would be answered a second time.
+        waiting = sorted({r.new_plan_id for r in view.rotations.values()} - set(view.plans))
+        if waiting:
+            records = await self.redis.execute_command(
+                "MGET", *[self.keys.plan(p) for p in waiting]
+            )
+            for plan_id, body in zip(waiting, records, strict=True):
+                if body is not None:
+                    view.plans[plan_id] = plan_record_decoder.decode(body)
 
     async def rotation(self, rotation_id: str) -> RotationRecord | None:
         """One rotation record, or None."""

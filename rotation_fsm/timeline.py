@@ -41,8 +41,28 @@ def listing(items: Iterable[str]) -> str:
     return text or NONE
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: int = 2) -> list[str]:
-    """Rows under headers, each column as wide as its widest cell, trailing spaces cut."""
+def times(n: int) -> str:
+    """`once`, `twice`, `3 times`."""
+    return {1: "once", 2: "twice"}.get(n, f"{n} times")
+
+
+def state_changes(history: Iterable[Sequence[Any]]) -> list[tuple[int, str]]:
+    """A rotation record's history `[ms, trigger, state]` as `(ms, "A → B (trigger)")`."""
+    out: list[tuple[int, str]] = []
+    previous = "IDLE"
+    for ms, trigger, state in history:
+        out.append((int(ms), f"{previous} → {state} ({trigger})"))
+        previous = state
+    return out
+
+
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], indent: int = 2, empty: str = "none"
+) -> list[str]:
+    """Rows under headers, each column as wide as its widest cell, trailing spaces cut;
+    just `empty` (indented) when there are no rows."""
+    if not rows:
+        return [" " * indent + empty]
     widths = [len(h) for h in headers]
     for row in rows:
         for i, cell in enumerate(row):
