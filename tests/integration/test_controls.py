@@ -175,3 +175,36 @@ async def test_cli_exit_codes(stack: Stack):
     paused = await asyncio.to_thread(cli, "pause", env=env)
     assert paused.returncode == 0
     assert await stack.redis.hget(stack.keys.settings, "GOV_ENTRIES_PAUSED") == b"true"
+
+
+async def test_a_replay_of_a_run_with_live_changes_reproduces_its_decisions(
+    stack: Stack, tmp_path, monkeypatch, capsys
+):
+    from rotation_fsm.cli import main
+    from rotation_fsm.settings import RULE_SPECS
+
+    for name in RULE_SPECS:  # replay overrides recorded rules only with what the env sets
+        monkeypatch.delenv(name, raising=False)
+    stack.fill_book("BTCUSDT", "ETHUSDT")
+    await stack.start_engine(**SLOTS)
+    controls = controls_for(stack)
+    await stack.send_plan("live-1", "NEWUSDT")
+    assert (await stack.decision("live-1"))["desired_slots"] == "3"
+    await controls.set("GOV_ACTIVE_SLOTS_CHOP", "5", "alice")
+    await stack.send_plan("live-2", "BNBUSDT")
+    assert (await stack.decision("live-2"))["desired_slots"] == "5"
+    await controls.set("GOV_ENTRIES_PAUSED", "true", "alice")
+    await stack.send_plan("live-3", "XRPUSDT")
+    assert (await stack.decision("live-3"))["reason"] == R.PAUSED
+    dump = tmp_path / "run.jsonl"
+    url = ["--redis-url", stack.redis_url]
+    assert await asyncio.to_thread(main, ["dump", *url, "-o", str(dump)]) == 0
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["replay", str(dump)]) == 0  # identical
+    capsys.readouterr()
+    # The recorded live settings are what the replay used: override the pause and
+    # exactly the paused plan decides differently.
+    monkeypatch.setenv("GOV_ENTRIES_PAUSED", "false")
+    assert await asyncio.to_thread(main, ["replay", str(dump), "--json"]) == 1
+    report = capsys.readouterr().out
+    assert "live-3" in report and "live-1" not in report.split("diverg", 1)[-1]
