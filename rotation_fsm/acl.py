@@ -10,14 +10,40 @@ from __future__ import annotations
 
 ENGINE_COMMANDS = (
     # streams: consume, claim, emit, acknowledge
-    "xreadgroup", "xautoclaim", "xack", "xadd", "xgroup|create", "xinfo|groups",
+    "xreadgroup",
+    "xautoclaim",
+    "xack",
+    "xadd",
+    "xgroup|create",
+    "xinfo|groups",
     # state loads and the timer
-    "get", "mget", "hget", "hgetall", "smembers", "scard", "zrangebyscore", "zrevrange",
+    "get",
+    "mget",
+    "hget",
+    "hgetall",
+    "smembers",
+    "scard",
+    "zrangebyscore",
+    "zrevrange",
     # the commit script and what it calls
-    "evalsha", "eval", "script|load", "set", "del", "hset", "hdel", "sadd", "srem",
-    "zadd", "zrem", "zremrangebyscore", "pexpire", "persist", "incr",
+    "evalsha",
+    "eval",
+    "script|load",
+    "set",
+    "del",
+    "hset",
+    "hdel",
+    "sadd",
+    "srem",
+    "zadd",
+    "zrem",
+    "zremrangebyscore",
+    "pexpire",
+    "persist",
+    "incr",
     # connection housekeeping (redis-py sends these)
-    "ping", "client|setname",  # (CLIENT SETINFO is refused quietly: redis-py ignores it)
+    "ping",
+    "client|setname",  # (CLIENT SETINFO is refused quietly: redis-py ignores it)
 )
 
 
@@ -28,11 +54,20 @@ def key_patterns(books: tuple[str, ...] = ("",)) -> list[str]:
 
 def setuser_args(user: str, password: str, books: tuple[str, ...] = ("",)) -> list[str]:
     """Arguments of `ACL SETUSER` for the engine's user."""
-    return [user, "reset", "on", f">{password}", *key_patterns(books), "resetchannels",
-            "-@all", *(f"+{c}" for c in ENGINE_COMMANDS)]
+    return [
+        user,
+        "reset",
+        "on",
+        f">{password}",
+        *key_patterns(books),
+        "resetchannels",
+        "-@all",
+        *(f"+{c}" for c in ENGINE_COMMANDS),
+    ]
 
 
-def setuser_line(user: str = "rotation-fsm", password: str = "CHANGE-ME",
-                 books: tuple[str, ...] = ("",)) -> str:
+def setuser_line(
+    user: str = "rotation-fsm", password: str = "CHANGE-ME", books: tuple[str, ...] = ("",)
+) -> str:
     """The one-line `redis-cli ACL SETUSER …` command to run as an admin."""
     return "ACL SETUSER " + " ".join(setuser_args(user, password, books))

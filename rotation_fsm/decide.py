@@ -562,8 +562,10 @@ def _end_decision(
     )
     allowed = verdict == R.ALLOW
     # The waiting plan was blocked (waiting_rotation_close): its block key goes.
-    return [Decided(decision, permit=allowed and rules.issue_permits, unblock=allowed),
-            SavePlan(record)]
+    return [
+        Decided(decision, permit=allowed and rules.issue_permits, unblock=allowed),
+        SavePlan(record),
+    ]
 
 
 def _confirm(rec: RotationRecord, view: BookView, rules: Rules, now_ms: int) -> list[Effect]:

@@ -162,8 +162,9 @@ class BookEngine:
             rules = self._live(view.settings_raw)
             if set(needs_market(inputs, rules)) - set(wanted):
                 await self._settle()  # rare: the settings changed what to ask the exchange
-                await self._decide_and_commit(inputs, await fetch_market(
-                    self.exchange, needs_market(inputs, rules), rules))
+                await self._decide_and_commit(
+                    inputs, await fetch_market(self.exchange, needs_market(inputs, rules), rules)
+                )
                 return
             version, effects, now_ms = self._decide(inputs, view, market, rules)
             if not await self._settle():

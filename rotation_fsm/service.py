@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import signal
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -37,7 +40,37 @@ from .store import AnyRedis, Store
 from .timer import Timer
 
 log = logging.getLogger("rotation_fsm.service")
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+# Redis Cluster (issue #7): while a master fails over to its replica, the cluster client
+# raises these once its own retries are spent — CLUSTERDOWN / TTL exhausted (ClusterError),
+# TRYAGAIN, a slot missing from its map — as well as connection errors. All pass once the
+# replica is promoted, so they are waited out like an outage, not a crash.
+REDIS_DOWN = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    OSError,
+    ClusterError,
+    TryAgainError,
+    SlotNotCoveredError,
+)
+
+_REDIS_CONNECTION_MODULE = os.path.join("redis", "asyncio", "connection.py")
+
+
+def is_redis_down(exc: BaseException) -> bool:
+    """True for an outage to wait out: `REDIS_DOWN`, or redis-py's connection race.
+
+    redis-py ≤ 8.1 (redis/redis-py#3546, #4287): a connection that another task closed
+    under us — the cluster client closes all of its connections on CLUSTERDOWN — fails
+    the next write with AttributeError/TypeError instead of ConnectionError. Only an
+    error raised through redis-py's asyncio connection module is taken for that race.
+    """
+    if isinstance(exc, REDIS_DOWN):
+        return True
+    if not isinstance(exc, AttributeError | TypeError):
+        return False
+    frames = traceback.walk_tb(exc.__traceback__)
+    return any(f.f_code.co_filename.endswith(_REDIS_CONNECTION_MODULE) for f, _ in frames)
 
 
 def connect(settings: Settings, *, blocking: bool = False) -> AnyRedis:
@@ -110,7 +143,9 @@ async def supervise(
         try:
             await step()
             delay = 0.1
-        except REDIS_DOWN as exc:
+        except Exception as exc:
+            if not is_redis_down(exc):  # issue #7: was `except REDIS_DOWN`, see is_redis_down
+                raise
             health.redis_ok = False
             health.last_error = f"{name}: {type(exc).__name__}: {exc}"
             metrics.redis_up.set(0)

@@ -264,6 +264,7 @@ class Store:
                 ops.add("HSET", k.entry_confidence, sym, repr(value))
             case Ack():
                 pass  # gathered into one XACK per stream below
+
     def _save_rotation(self, ops: _Ops, rec: RotationRecord, now_ms: int) -> None:
         """The hash, and everything that follows from the state: in-flight set,
         deadline, the seed's lock key, the close-plan index, the finished index."""

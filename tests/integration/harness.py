@@ -82,8 +82,9 @@ class Stack:
         settings = load_settings(self.env(**extra))
         started: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(run_engine(settings, started=started.set_result))
-        done, _ = await asyncio.wait({task, started}, timeout=10,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {task, started}, timeout=10, return_when=asyncio.FIRST_COMPLETED
+        )
         if task in done:  # it ended before it started: show why
             raise RuntimeError(f"engine exited at start: {task.exception() or task.result()}")
         if not done:

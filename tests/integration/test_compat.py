@@ -14,8 +14,12 @@ async def test_rotation_confirm_timeout_and_dead_letter(any_redis_binary, redis_
     server = redis_factory(binary=any_redis_binary)
     async with open_stack(server.url) as stack:
         stack.fill_book("BTCUSDT", "ETHUSDT", "SOLUSDT")
-        await stack.start_engine(GOV_ACTIVE_SLOTS_CHOP="3", GOV_ROTATION_LOCK_TTL="1",
-                                 GOV_MAX_CONCURRENT_ROTATIONS="2", GOV_CLAIM_IDLE_MS="300")
+        await stack.start_engine(
+            GOV_ACTIVE_SLOTS_CHOP="3",
+            GOV_ROTATION_LOCK_TTL="1",
+            GOV_MAX_CONCURRENT_ROTATIONS="2",
+            GOV_CLAIM_IDLE_MS="300",
+        )
         await stack.send_plan("compat-1")
         first = await stack.event(R.EV_LOCK_CREATED)
         stack.exchange.close(first["close_symbol"])  # what the apply layer did
@@ -32,6 +36,7 @@ async def test_rotation_confirm_timeout_and_dead_letter(any_redis_binary, redis_
         await stack.decision("compat-orphan")
         letters = await stack.redis.xrange(stack.keys.dlq)
         assert len(letters) == 1 and b"UTF-8" in letters[0][1][b"error"]
-        pending = await stack.redis.xpending_range(stack.keys.plans, "rotation-fsm", "-", "+",
-                                                   100, consumername="dead")
+        pending = await stack.redis.xpending_range(
+            stack.keys.plans, "rotation-fsm", "-", "+", 100, consumername="dead"
+        )
         assert pending == []  # everything the dead consumer held was claimed and decided

@@ -73,8 +73,9 @@ async def test_pause_blocks_entries_but_a_pending_rotation_completes(stack: Stac
     await stack.send_plan("p-paused", "BNBUSDT")
     assert (await stack.decision("p-paused"))["reason"] == R.PAUSED
     close = lock["close_plan_id"]
-    await stack.send_plan(close, lock["close_symbol"], action="FULL_CLOSE_PROPOSED",
-                          reduceOnly="true")
+    await stack.send_plan(
+        close, lock["close_symbol"], action="FULL_CLOSE_PROPOSED", reduceOnly="true"
+    )
     assert (await stack.decision(close))["reason"] == R.CLOSE_EXEMPT  # closes go on
     await stack.send_result(close, symbol=lock["close_symbol"])
     await stack.event(R.EV_COMPLETE)
@@ -117,8 +118,7 @@ async def test_every_change_is_on_the_audit_stream(stack: Stack):
     controls = controls_for(stack)
     await controls.set("GOV_ACTIVE_SLOTS_BASE", "5", "alice")
     await controls.set("GOV_ACTIVE_SLOTS_BASE", "6", "bob")
-    entries = [parse_entry(fields_of(raw)) for _, raw in await stack.redis.xrange(
-        stack.keys.audit)]
+    entries = [parse_entry(fields_of(raw)) for _, raw in await stack.redis.xrange(stack.keys.audit)]
     changes = [e for e in entries if isinstance(e, SettingChange)]
     assert [(c.key, c.old, c.new, c.by) for c in changes] == [
         ("GOV_ACTIVE_SLOTS_BASE", None, "5", "alice"),
@@ -140,31 +140,38 @@ async def test_http_controls_need_the_bearer_token(stack: Stack):
             assert resp.status == 200 and (await resp.json())["state"] == "ABORTED"
         async with http.post(url, headers=auth) as resp:
             assert resp.status == 409  # already final
-        async with http.put(f"http://127.0.0.1:{port}/api/settings/GOV_ACTIVE_SLOTS_BASE",
-                            headers=auth, json={"value": "-3"}) as resp:
+        async with http.put(
+            f"http://127.0.0.1:{port}/api/settings/GOV_ACTIVE_SLOTS_BASE",
+            headers=auth,
+            json={"value": "-3"},
+        ) as resp:
             assert resp.status == 409 and "GOV_ACTIVE_SLOTS_BASE" in (await resp.json())["error"]
     assert (await stack.event(R.EV_ABORTED))["by"] == "desk"
 
 
 async def test_http_controls_refuse_when_no_token_is_configured(stack: Stack):
     running = await stack.start_engine()
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"http://127.0.0.1:{running.http_port}/api/pause") as resp:
-            assert resp.status == 403
+    url = f"http://127.0.0.1:{running.http_port}/api/pause"
+    async with aiohttp.ClientSession() as http, http.post(url) as resp:
+        assert resp.status == 403
     assert await stack.redis.hgetall(stack.keys.settings) == {}
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "rotation_fsm.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "rotation_fsm.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 async def test_cli_exit_codes(stack: Stack):
     import os
 
     env = {**os.environ, **stack.env()}
-    ok = await asyncio.to_thread(cli, "set", "GOV_ACTIVE_SLOTS_BASE", "5", "--by", "ops",
-                                 env=env)
+    ok = await asyncio.to_thread(cli, "set", "GOV_ACTIVE_SLOTS_BASE", "5", "--by", "ops", env=env)
     assert ok.returncode == 0 and "-> 5" in ok.stdout
     refused = await asyncio.to_thread(cli, "set", "GOV_ACTIVE_SLOTS_BASE", "abc", env=env)
     assert refused.returncode == 1 and "GOV_ACTIVE_SLOTS_BASE='abc'" in refused.stderr

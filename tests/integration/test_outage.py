@@ -21,9 +21,9 @@ def rss_kb(pid: int) -> int:
 
 
 async def readiness(port: int) -> int:
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
-            return resp.status
+    url = f"http://127.0.0.1:{port}/readyz"
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        return resp.status
 
 
 async def wait_readiness(port: int, status: int, timeout_s: float = 15.0) -> float:
@@ -61,7 +61,8 @@ async def test_outage_then_resume_without_restart_or_loss(redis_factory):
             await wait_readiness(port, 200, timeout_s=20)
             await stack.send_plan("after-outage", "BNBUSDT")
             assert (await stack.decision("after-outage", timeout_s=20))["reason"] == (
-                R.SLOTS_AVAILABLE)
+                R.SLOTS_AVAILABLE
+            )
             assert proc.proc.poll() is None  # the same process: no restart
             assert rss_during - rss_before < 20_000, (rss_before, rss_during)
             pending = await stack.redis.xpending(stack.keys.plans, "rotation-fsm")

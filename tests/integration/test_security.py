@@ -12,8 +12,9 @@ from tests.integration.harness import API_KEY, API_SECRET, Stack
 pytestmark = pytest.mark.timeout(60)
 
 
-async def test_the_engine_works_under_the_least_privilege_acl(stack: Stack, any_redis_binary,
-                                                              redis_factory):
+async def test_the_engine_works_under_the_least_privilege_acl(
+    stack: Stack, any_redis_binary, redis_factory
+):
     server = redis_factory(binary=any_redis_binary)
     from tests.integration.harness import open_stack
 
@@ -21,8 +22,9 @@ async def test_the_engine_works_under_the_least_privilege_acl(stack: Stack, any_
         await acl_stack.redis.execute_command("ACL", "SETUSER", *setuser_args("gov", "pw-1"))
         user_url = server.url.replace("redis://", "redis://gov:pw-1@")
         acl_stack.fill_book("BTCUSDT", "ETHUSDT", "SOLUSDT")
-        running = await acl_stack.start_engine(REDIS_URL=user_url, GOV_ACTIVE_SLOTS_CHOP="3",
-                                               GOV_ROTATION_LOCK_TTL="1")
+        running = await acl_stack.start_engine(
+            REDIS_URL=user_url, GOV_ACTIVE_SLOTS_CHOP="3", GOV_ROTATION_LOCK_TTL="1"
+        )
         await acl_stack.send_plan("acl-plan-1")
         lock = await acl_stack.event(R.EV_LOCK_CREATED)
         await acl_stack.send_result(lock["close_plan_id"], symbol=lock["close_symbol"])
@@ -50,9 +52,9 @@ async def test_http_binds_to_loopback_by_default(stack: Stack):
     from rotation_fsm.settings import load_settings
 
     assert load_settings({}).http_host == "127.0.0.1"
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"http://127.0.0.1:{running.http_port}/healthz") as resp:
-            assert resp.status == 200
+    url = f"http://127.0.0.1:{running.http_port}/healthz"
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        assert resp.status == 200
 
 
 async def test_bad_credentials_never_show_the_secret(stack: Stack, caplog):

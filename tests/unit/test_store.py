@@ -113,10 +113,12 @@ async def test_a_rotation_end_keeps_the_waiting_plans_answered_entries(store):
     await decide_and_commit(store, [PlanIn("1-0", plan())], market(*book_of(3)))
     (rotation_id,) = [m.decode() for m in await store.redis.smembers(store.keys.inflight)]
     rec = await store.rotation(rotation_id)
-    await decide_and_commit(store, [ResultIn("2-0", result(rec.close_plan_id))], Market(),
-                            NOW_MS + 10)
+    await decide_and_commit(
+        store, [ResultIn("2-0", result(rec.close_plan_id))], Market(), NOW_MS + 10
+    )
     # The plan's original entry is redelivered (XAUTOCLAIM after a crash): nothing new.
-    effects = await decide_and_commit(store, [PlanIn("1-0", plan())], market(*book_of(3)),
-                                      NOW_MS + 20)
+    effects = await decide_and_commit(
+        store, [PlanIn("1-0", plan())], market(*book_of(3)), NOW_MS + 20
+    )
     assert [type(e).__name__ for e in effects] == ["Ack"]
     assert await store.redis.xlen(store.keys.decisions) == 2  # waiting, then complete
