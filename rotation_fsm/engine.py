@@ -128,6 +128,7 @@ class BookEngine:
         self._bad_settings: set[tuple[str, str]] = set()
         self.conflicts = 0
         self.observers: list[Callable[[Sequence[Effect], int], None]] = []
+        self.conflict_hooks: list[Callable[[], None]] = []
 
     async def handle(self, inputs: Sequence[Input]) -> list[Effect]:
         """Decide `inputs` and commit their effects exactly once; return the effects."""
@@ -198,7 +199,7 @@ class BookEngine:
         if applied:
             self._report(ahead.effects, ahead.now_ms)
             return True
-        self.conflicts += 1
+        self._conflict()
         await self._decide_and_commit(ahead.inputs, ahead.market)
         return False
 
@@ -217,11 +218,16 @@ class BookEngine:
             if await self.store.commit(version, effects, now_ms):
                 self._report(effects, now_ms)
                 return effects
-            self.conflicts += 1
+            self._conflict()
             # Another replica committed in between: back off a little, growing
             # with the attempt so two replicas do not keep colliding in step.
             await asyncio.sleep(min(0.05, 0.001 * (attempt + 1)))
         raise CommitConflict(f"gave up after {self.max_attempts} conflicting commits")
+
+    def _conflict(self) -> None:
+        self.conflicts += 1
+        for hook in self.conflict_hooks:
+            hook()
 
     def _decide(
         self, inputs: Sequence[Input], view: BookView, market: Market, rules: Rules

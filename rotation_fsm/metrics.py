@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -21,6 +22,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._decision_children: dict[tuple[str, str], Any] = {}
         self.decisions = Counter(
             "rotation_decisions", "Plans decided", ["decision", "reason"], registry=self.registry
         )
@@ -55,12 +57,21 @@ class Metrics:
             "rotation_redis_up", "1 when the last Redis call succeeded", registry=self.registry
         )
 
+    def _decided(self, verdict: str, reason: str) -> Any:
+        # labels() takes a lock and builds a key on every call: keep the children.
+        child = self._decision_children.get((verdict, reason))
+        if child is None:
+            child = self._decision_children[verdict, reason] = self.decisions.labels(
+                verdict, reason
+            )
+        return child
+
     def observe(self, effects: Sequence[Effect], now_ms: int) -> None:
         """Count what one commit did."""
         for effect in effects:
             match effect:
                 case Decided(decision=d):
-                    self.decisions.labels(d.decision, d.reason).inc()
+                    self._decided(d.decision, d.reason).inc()
                     start = _entry_ms(d.entry_id)
                     if start is not None:
                         self.latency.observe(max(0.0, (now_ms - start) / 1000))

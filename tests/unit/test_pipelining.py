@@ -71,6 +71,8 @@ async def test_a_refused_commit_in_flight_is_redone_before_the_next_batch(redis)
         return await real_commit(*args, **kw)
 
     a.store.commit = gated_commit
+    hooked: list[int] = []
+    a.conflict_hooks.append(lambda: hooked.append(1))  # what feeds the metric
     await a.submit([PlanIn("1-0", plan("p-1", "NEWUSDT"))])
     await b.handle([PlanIn("1-1", plan("p-2", "BNBUSDT"))])  # B commits first: A's is refused
     gate.set()
@@ -85,4 +87,5 @@ async def test_a_refused_commit_in_flight_is_redone_before_the_next_batch(redis)
         ]
     )
     assert len(rows) == 3 and a.conflicts >= 1  # nothing twice, nothing lost
+    assert len(hooked) == a.conflicts
     assert await redis.hlen(Keys().reservations) == 2
