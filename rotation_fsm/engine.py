@@ -175,6 +175,8 @@ class BookEngine:
                 return
             if effects:
                 task = asyncio.create_task(self.store.commit(version, effects, now_ms))
+                # Logs and metrics as soon as it lands, not when the next batch comes.
+                task.add_done_callback(lambda t: self._landed(t, effects, now_ms))
                 self._ahead = _Ahead(version, effects, now_ms, task, inputs, market)
 
     async def flush(self) -> None:
@@ -197,8 +199,7 @@ class BookEngine:
             ahead.task.cancel()
             raise
         if applied:
-            self._report(ahead.effects, ahead.now_ms)
-            return True
+            return True  # reported by `_landed`
         self._conflict()
         await self._decide_and_commit(ahead.inputs, ahead.market)
         return False
@@ -223,6 +224,10 @@ class BookEngine:
             # with the attempt so two replicas do not keep colliding in step.
             await asyncio.sleep(min(0.05, 0.001 * (attempt + 1)))
         raise CommitConflict(f"gave up after {self.max_attempts} conflicting commits")
+
+    def _landed(self, task: asyncio.Task[bool], effects: list[Effect], now_ms: int) -> None:
+        if not task.cancelled() and task.exception() is None and task.result():
+            self._report(effects, now_ms)
 
     def _conflict(self) -> None:
         self.conflicts += 1

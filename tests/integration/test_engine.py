@@ -212,6 +212,9 @@ async def test_metrics_and_rotations_endpoints(stack: Stack):
     running = await stack.start_engine(**SLOTS)
     await stack.send_plan("a1b2c3d4e5f67890")
     ev = await stack.event(R.EV_LOCK_CREATED)
+    # The event is visible to us as soon as Redis has it; the engine counts it when
+    # the commit's reply reaches it. Wait for that (the commit in flight settles).
+    await running.engine.flush()
     import aiohttp
 
     base = f"http://127.0.0.1:{running.http_port}"
