@@ -195,9 +195,14 @@ class BookView:
     entry_confidence: dict[str, float] = field(default_factory=dict)
 
     def rotation_targets(self) -> frozenset[str]:
+        """Symbols being closed by a rotation in flight."""
         return frozenset(
             self.rotations[r].close_symbol for r in self.inflight if r in self.rotations
         )
+
+    def rotation_entries(self) -> frozenset[str]:
+        """Symbols a rotation in flight is waiting to open."""
+        return frozenset(self.rotations[r].new_symbol for r in self.inflight if r in self.rotations)
 
     def apply(self, effect: Effect) -> None:
         """Update the view as committing `effect` would update Redis."""
@@ -393,12 +398,17 @@ def decide_plan(ctx: _Ctx) -> list[Effect]:
         and over_margin(market.account, rules.max_margin_usage)
     ):
         return _answer(ctx, R.BLOCK, R.MARGIN_CAP, final=False)
-    if plan.symbol in view.rotation_targets():
-        # Still open, but a rotation is closing it: "held" would let the entry execute
-        # after the close and leave the book one over. Decided afresh on a resend.
+    if plan.symbol in view.rotation_targets() | view.rotation_entries():
+        # A rotation is closing this symbol, or waiting to open it: "held" would let
+        # this entry execute on a slot nobody counts. Decided afresh on a resend.
         return _answer(ctx, R.BLOCK, R.ROTATION_IN_PROGRESS, final=False)
-    if plan.symbol in market.open_symbols or plan.symbol in view.reservations:
+    if plan.symbol in market.open_symbols:
         return _answer(ctx, R.ALLOW, R.SLOT_ALREADY_HELD, final=True)
+    if plan.symbol in view.reservations:
+        # The same reservation, now held by this plan too (it ends with the last).
+        effects = _answer(ctx, R.ALLOW, R.SLOT_ALREADY_HELD, final=True)
+        effects.append(_reserve(plan, rules, ctx.now_ms, view.reservations[plan.symbol]))
+        return effects
     blocked = _correlation_block(ctx)
     if blocked is not None:
         return blocked
@@ -409,8 +419,10 @@ def decide_plan(ctx: _Ctx) -> list[Effect]:
     return _rotate_or_block(ctx)
 
 
-def _reserve(plan: Plan, rules: Rules, now_ms: int) -> Reserve:
+def _reserve(plan: Plan, rules: Rules, now_ms: int, held: Reservation | None = None) -> Reserve:
     until = now_ms + int(rules.reservation_ttl_s * 1000)
+    if held is not None:
+        return Reserve(plan.symbol, held.joined(plan.plan_id, until))
     return Reserve(plan.symbol, Reservation(plan_id=plan.plan_id, until_ms=until))
 
 
@@ -431,7 +443,14 @@ def _correlation_block(ctx: _Ctx) -> list[Effect] | None:
 
 def _rotate_or_block(ctx: _Ctx) -> list[Effect]:
     plan, view, rules, market, now_ms = ctx.plan, ctx.view, ctx.rules, ctx.market, ctx.now_ms
-    excluded = frozenset({plan.symbol}) | view.rotation_targets() | frozenset(view.reservations)
+    # Never the plan's own symbol, one already being closed, one a rotation waits to
+    # open, or one reserved for an entry on its way.
+    excluded = (
+        frozenset({plan.symbol})
+        | view.rotation_targets()
+        | view.rotation_entries()
+        | frozenset(view.reservations)
+    )
     target = weakest(market.positions or [], now_ms, excluded=excluded)
     if target is None:
         return _answer(ctx, R.BLOCK, R.NO_ROTATION_CANDIDATE, final=False)
@@ -568,18 +587,22 @@ def _end_decision(
     ]
 
 
+def _entry_reservation(done: RotationRecord, view: BookView, rules: Rules, now_ms: int) -> Reserve:
+    """The slot the rotation freed, now held for its entry (joined, if already held)."""
+    until = now_ms + int(rules.reservation_ttl_s * 1000)
+    held = view.reservations.get(done.new_symbol)
+    if held is not None:
+        return Reserve(done.new_symbol, held.joined(done.new_plan_id, until))
+    return Reserve(done.new_symbol, Reservation(plan_id=done.new_plan_id, until_ms=until))
+
+
 def _confirm(rec: RotationRecord, view: BookView, rules: Rules, now_ms: int) -> list[Effect]:
     done = _moved(rec, Trigger.CONFIRM, State.CONFIRMED, now_ms)
     effects: list[Effect] = [
         SaveRotation(done),
         Emit("events", to_fields(_event(R.EV_COMPLETE, done, now_ms))),
         *_end_decision(done, view, rules, R.ALLOW, R.ROTATION_COMPLETE, now_ms),
-        Reserve(
-            done.new_symbol,
-            Reservation(
-                plan_id=done.new_plan_id, until_ms=now_ms + int(rules.reservation_ttl_s * 1000)
-            ),
-        ),
+        _entry_reservation(done, view, rules, now_ms),
     ]
     if done.new_confidence is not None:
         effects.append(SetConfidence(done.new_symbol, done.new_confidence))
@@ -610,9 +633,12 @@ def decide_result(result: Result, view: BookView, rules: Rules, now_ms: int) -> 
     rotation_id = view.close_index.get(result.plan_id)
     rec = view.rotations.get(rotation_id) if rotation_id else None
     if rec is None:
-        held = [s for s, r in view.reservations.items() if r.plan_id == result.plan_id]
-        if held and not result.executed:
-            return [Release(held[0])]
+        if result.executed:
+            return []
+        for symbol, res in sorted(view.reservations.items()):
+            if result.plan_id in res.plan_ids:
+                rest = res.without(result.plan_id)
+                return [Release(symbol) if rest is None else Reserve(symbol, rest)]
         return []
     facts = {
         "executed": result.executed,

@@ -209,10 +209,31 @@ class ClosePlan(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Reservation(msgspec.Struct, frozen=True, kw_only=True):
-    """An allowed entry holding a slot until it shows up as a position (contract §3a)."""
+    """An allowed entry holding a slot until it shows up as a position (contract §3a).
+
+    `also`: later plans allowed into the same symbol (`slot_already_held`). The slot
+    is held until the last of them has failed, not just the first.
+    """
 
     plan_id: str
     until_ms: int
+    also: list[str] = msgspec.field(default_factory=list)
+
+    @property
+    def plan_ids(self) -> list[str]:
+        return [self.plan_id, *self.also]
+
+    def joined(self, plan_id: str, until_ms: int) -> Reservation:
+        """This reservation also held by `plan_id`, until the later of the two ends."""
+        also = self.also if plan_id in self.plan_ids else [*self.also, plan_id]
+        return Reservation(plan_id=self.plan_id, until_ms=max(self.until_ms, until_ms), also=also)
+
+    def without(self, plan_id: str) -> Reservation | None:
+        """This reservation once `plan_id` failed; None when nobody holds it any more."""
+        rest = [p for p in self.plan_ids if p != plan_id]
+        if not rest:
+            return None
+        return Reservation(plan_id=rest[0], until_ms=self.until_ms, also=rest[1:])
 
 
 class PlanRecord(msgspec.Struct, kw_only=True):

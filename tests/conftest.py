@@ -8,6 +8,9 @@ loops stay per test.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
@@ -79,3 +82,14 @@ def any_redis_binary(request: pytest.FixtureRequest) -> str:
     """Path of each distinct redis-server here (one per version): e.g. 7.0 and 6.2."""
     path: str = request.param[0]
     return path
+
+
+# When a @given test fails, hypothesis' pytest plugin imports libcst (to print a patch)
+# and libcst defines a class with mypy_extensions.TypedDict, which warns
+# DeprecationWarning. Under `filterwarnings = ["error"]` that warning, raised inside the
+# plugin's report hook, is an INTERNALERROR that ends the whole session instead of
+# reporting the failing example. Importing libcst once here, with that warning ignored,
+# leaves the plugin nothing to warn about.
+with warnings.catch_warnings(), contextlib.suppress(ImportError):
+    warnings.simplefilter("ignore", DeprecationWarning)
+    importlib.import_module("libcst")

@@ -1,0 +1,124 @@
+"""Engine bugs met while building the chaos run, pinned as strict xfails: each turns
+XPASS (a failure) once fixed — then delete its marker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from redis.asyncio import Redis
+
+from rotation_fsm.engine import BookEngine
+from rotation_fsm.keys import Keys
+from rotation_fsm.listener import Listener
+from rotation_fsm.market import Account, Kline, Position
+from rotation_fsm.store import Store
+from tests.stubs import UNIVERSE, plan_fields, rules
+
+GROUP = "rotation-fsm"
+
+
+class _Exchange:
+    """An empty paper account; with a `gate`, the positions answer waits for it; `down`,
+    it never answers (every OPEN plan is blocked positions_unavailable: not final)."""
+
+    def __init__(self, gate: asyncio.Event | None = None, *, down: bool = False) -> None:
+        self.gate = gate
+        self.down = down
+        self.asked = asyncio.Event()
+
+    async def positions(self) -> list[Position]:
+        self.asked.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.down:
+            raise ConnectionError("exchange unreachable")
+        return []
+
+    async def account(self) -> Account:
+        return Account(total_initial_margin=0.0, total_margin_balance=1000.0)
+
+    async def klines(self, symbol: str) -> list[Kline]:
+        return []
+
+
+def _replica(redis: Redis, keys: Keys, exchange: _Exchange, name: str, claim_ms: int) -> Listener:
+    store = Store(redis, keys, group=GROUP, retention_s=3600)
+    engine = BookEngine(store, exchange, rules())
+    return Listener(redis, engine, keys, group=GROUP, consumer=name, claim_idle_ms=claim_ms)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: an entry that cannot be parsed is dead-lettered again by every consumer "
+    "that commits it: a replica that claims it (XAUTOCLAIM, GOV_CLAIM_IDLE_MS) while its "
+    "first reader still waits on the exchange for the rest of the batch writes a second "
+    "DLQ entry when that reader commits (BadIn has no idempotency record, unlike plans; "
+    "the same defect as tests/property's test_a_redelivered_bad_entry_writes_nothing)",
+)
+async def test_a_bad_entry_claimed_while_its_first_reader_works_is_dead_lettered_once(
+    redis_client: Redis,
+) -> None:
+    keys = Keys()
+    await redis_client.hset(keys.policy, "universe_symbols", json.dumps(UNIVERSE))
+    gate = asyncio.Event()
+    slow = _Exchange(gate)
+    first = _replica(redis_client, keys, slow, "first", claim_ms=60_000)
+    second = _replica(redis_client, keys, _Exchange(), "second", claim_ms=1)
+    await first.ensure_groups()
+    await redis_client.xadd(keys.plans, plan_fields("p1", "NEWUSDT"))  # needs the exchange
+    await redis_client.xadd(keys.plans, {"plan_id": "p2", "decision": "EXECUTE"})  # no symbol
+
+    reading = asyncio.create_task(first.run_once())  # reads both, then waits on the exchange
+    await slow.asked.wait()
+    await asyncio.sleep(0.01)  # let both entries idle past the second replica's claim time
+    await second.run_once()  # claims both and commits them: p1 decided, p2 dead-lettered
+    await second.engine.flush()
+    gate.set()
+    await reading  # the first reader goes on with what it read
+    await first.engine.flush()
+
+    assert await redis_client.xlen(keys.dlq) == 1
+
+
+async def _decisions_per_entry(redis: Redis, keys: Keys) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for _, fields in await redis.xrange(keys.decisions):
+        entry_id = fields.get(b"entry_id", b"").decode()
+        counts[entry_id] = counts.get(entry_id, 0) + 1
+    return counts
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a plan sent twice (a duplicate or a resend) and blocked for a passing reason "
+    "keeps only its last entry id in PlanRecord.entries (a fresh decision replaces the "
+    "list), so when a replica that claimed both commits first, the first reader's commit "
+    "answers the older entry — and then the newer — again: found by the chaos run "
+    "('plan entries answered more than once'); the core-level case is tests/property's "
+    "test_a_redelivered_older_entry_writes_nothing",
+)
+async def test_a_duplicate_plan_claimed_while_its_first_reader_works_is_answered_once(
+    redis_client: Redis,
+) -> None:
+    keys = Keys()
+    await redis_client.hset(keys.policy, "universe_symbols", json.dumps(UNIVERSE))
+    gate = asyncio.Event()
+    slow = _Exchange(gate, down=True)
+    first = _replica(redis_client, keys, slow, "first", claim_ms=60_000)
+    second = _replica(redis_client, keys, _Exchange(down=True), "second", claim_ms=1)
+    await first.ensure_groups()
+    for _ in range(2):  # the bridge delivered the plan twice
+        await redis_client.xadd(keys.plans, plan_fields("p1", "NEWUSDT"))
+
+    reading = asyncio.create_task(first.run_once())  # reads both, then waits on the exchange
+    await slow.asked.wait()
+    await asyncio.sleep(0.01)  # let both entries idle past the second replica's claim time
+    await second.run_once()  # claims both: BLOCK positions_unavailable, twice
+    await second.engine.flush()
+    gate.set()
+    await reading  # the first reader goes on with what it read
+    await first.engine.flush()
+
+    assert set((await _decisions_per_entry(redis_client, keys)).values()) == {1}
