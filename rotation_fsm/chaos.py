@@ -80,6 +80,7 @@ from services.paper_exchange.apply import (
     DEFAULT_GROUP,
     ApplyConfig,
     ApplyLoop,
+    Outcome,
     seed_regimes,
     walk_marks,
 )
@@ -832,6 +833,12 @@ class ChaosBook(PaperBook):
     def open(self, symbol: str, qty: float, price: float, *, at_ms: int | None = None) -> None:
         super().open(symbol, qty, price, at_ms=at_ms)
         self.counts.append((self.clock_ms(), len(self.positions)))
+        log.info("book: open %s -> %s", symbol, sorted(self.positions))
+
+    def close(self, symbol: str) -> bool:
+        closed = super().close(symbol)
+        log.info("book: close %s -> %s", symbol, sorted(self.positions))
+        return closed
 
 
 @dataclass
@@ -1003,6 +1010,7 @@ class ChaosRun:
         self.apply = ApplyLoop(
             _client(self.server.url, timeout_s=5.0), self.book, self.keys, config
         )
+        self.apply.observers.append(_log_outcome)
         await self.apply.ensure_group()
         app = make_app(self.book, api_key=API_KEY, api_secret=API_SECRET)
         # The timeout fault keeps answers hanging for 30 s: do not wait for them at the end.
@@ -1246,6 +1254,12 @@ class ChaosRun:
         for handle in self.logs:
             handle.close()
         self.server.stop()
+
+
+def _log_outcome(outcome: Outcome) -> None:
+    order = outcome.order
+    log.info("apply: %s %s %s %s", outcome.status, order.plan_id, order.symbol,
+             "close" if order.close else "open")  # fmt: skip
 
 
 def now_ms() -> int:

@@ -466,10 +466,8 @@ def _rotate_or_block(ctx: _Ctx) -> list[Effect]:
 def _start_rotation(ctx: _Ctx, target: Position) -> list[Effect]:
     plan, now_ms = ctx.plan, ctx.now_ms
     rotation_id = f"{plan.plan_id}@{now_ms}"
-    short = f"rot_{plan.plan_id[:8]}_{target.symbol}"
-    close_id = close_plan_id(
-        plan.plan_id, target.symbol, ctx.view.close_index.get(short), rotation_id
-    )
+    close_id = close_plan_id(plan.plan_id, target.symbol, ctx.view.close_index, rotation_id,
+                             now_ms)
     locked = fire(State.IDLE, Trigger.LOCK)
     emitted = fire(str(locked), Trigger.EMIT_CLOSE)
     record = RotationRecord(

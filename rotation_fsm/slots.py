@@ -90,13 +90,24 @@ def parse_universe(raw: bytes | str | None) -> frozenset[str]:
     return frozenset(value)
 
 
-def close_plan_id(plan_id: str, close_symbol: str, taken_by: str | None, rotation_id: str) -> str:
+def close_plan_id_candidates(plan_id: str, close_symbol: str) -> list[str]:
+    """The close plan ids a rotation may use, in order (the store looks them up)."""
+    short = f"rot_{plan_id[:8]}_{close_symbol}"
+    full = f"rot_{plan_id}_{close_symbol}"
+    return [short] if full == short else [short, full]
+
+
+def close_plan_id(
+    plan_id: str, close_symbol: str, owners: Mapping[str, str], rotation_id: str, now_ms: int
+) -> str:
     """The seed's `rot_{plan_id[:8]}_{symbol}`, unless another rotation already owns it.
 
-    Then the full plan id is used, so a late result of the old rotation can never
-    confirm the new one (contract §3).
+    Then the full plan id (contract §3), so a late result of the old rotation can never
+    confirm the new one. When that is taken too — a plan id of 8 characters or fewer
+    makes both the same — the creation time is appended (an extension).
     """
-    short = f"rot_{plan_id[:8]}_{close_symbol}"
-    if taken_by is None or taken_by == rotation_id:
-        return short
-    return f"rot_{plan_id}_{close_symbol}"
+    for candidate in close_plan_id_candidates(plan_id, close_symbol):
+        owner = owners.get(candidate)
+        if owner is None or owner == rotation_id:
+            return candidate
+    return f"rot_{plan_id}_{close_symbol}_{now_ms}"

@@ -52,6 +52,7 @@ from .messages import (
     rotation_to_hash,
     to_fields,
 )
+from .slots import close_plan_id_candidates
 
 AnyRedis = Redis | RedisCluster
 COMMIT_LUA = resources.files("rotation_fsm").joinpath("lua/commit.lua").read_text()
@@ -296,13 +297,14 @@ class Store:
 
 
 def _close_ids_wanted(inputs: Sequence[Input], market: Market) -> set[str]:
-    """Close plan ids whose owner the batch may need: results' plan ids, and the
-    seed-style close id each OPEN plan would use for each open position."""
+    """Close plan ids whose owner the batch may need: results' plan ids, and the close
+    ids each OPEN plan could use for each open position."""
     wanted = {i.result.plan_id for i in inputs if isinstance(i, ResultIn)}
     symbols = [p.symbol for p in market.positions or []]
     for item in inputs:
         if isinstance(item, PlanIn) and item.plan.is_execute and not item.plan.is_close:
-            wanted.update(f"rot_{item.plan.plan_id[:8]}_{s}" for s in symbols)
+            for symbol in symbols:
+                wanted.update(close_plan_id_candidates(item.plan.plan_id, symbol))
     return wanted
 
 

@@ -78,9 +78,10 @@ from tests.stubs import UNIVERSE as STUB_UNIVERSE
 HOUR_MS = 3_600_000
 UNIVERSE = ["AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT", "EEEUSDT", "FFFUSDT"]
 OUTSIDE = "ZZZUSDT"
-# Two pairs share their first 8 characters, so the close-id fallback is exercised.
-# (No id is exactly 8 characters long: see test_an_8_character_plan_id_reuses_a_close_plan_id.)
+# Two pairs share their first 8 characters, so the close-id fallback is exercised;
+# "planAAAA" is exactly 8 long (its short and full close ids are the same).
 OPEN_IDS = [
+    "planAAAA",
     "planAAAA-01",
     "planAAAA-02",
     "planBBBB-01",
@@ -875,12 +876,6 @@ def book() -> MemoryBook:
     return b
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a plan id of exactly 8 characters reuses the close plan id of an older "
-    "rotation (slots.close_plan_id's fallback equals the short id), so that rotation's "
-    "late result confirms the new one",
-)
 def test_an_8_character_plan_id_reuses_a_close_plan_id(book: MemoryBook) -> None:
     mkt = market(*book_of(3))
     book.feed([PlanIn("1-0", plan("abcdefgh1", "NEWUSDT"))], mkt, rules(), NOW_MS)
