@@ -9,6 +9,7 @@ each entry against what the entries before it already did.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -126,15 +127,34 @@ class DeadLetter(msgspec.Struct, frozen=True, tag="dead_letter"):
     error: str
 
     def entry(self) -> dict[bytes, bytes]:
-        """The DLQ entry; originals named like our meta fields are kept as `orig_…`."""
+        """The DLQ entry: the original fields, plus `error`, `entry_id`, `stream`.
+
+        An original named like one of ours is kept as `orig_<name>` (more `orig_`
+        until the name is free). An entry with very many fields is kept whole in one
+        field, `orig_fields_b64` (JSON pairs of base64 name/value): one XADD cannot
+        carry thousands of arguments through the commit script, and a dead letter
+        that can never be written would block its batch forever.
+        """
         meta = {
             b"error": self.error.encode(),
             b"entry_id": self.entry_id.encode(),
             b"stream": self.stream.encode(),
         }
-        out = {(b"orig_" + k if k in meta else k): v for k, v in self.fields}
+        if len(self.fields) > DEAD_LETTER_MAX_FIELDS:
+            pairs = [[base64.b64encode(k).decode(), base64.b64encode(v).decode()]
+                     for k, v in self.fields]
+            return {**meta, b"orig_fields_b64": msgspec.json.encode(pairs)}
+        out: dict[bytes, bytes] = {}
+        for name, value in self.fields:
+            while name in meta or name in out:
+                name = b"orig_" + name
+            out[name] = value
         out.update(meta)
         return out
+
+
+#: past this many fields a dead letter keeps the original entry in one field
+DEAD_LETTER_MAX_FIELDS = 256
 
 
 class ForgetDeadline(msgspec.Struct, frozen=True, tag="forget_deadline"):
@@ -193,6 +213,7 @@ class BookView:
     plans: dict[str, PlanRecord] = field(default_factory=dict)
     close_index: dict[str, str] = field(default_factory=dict)
     entry_confidence: dict[str, float] = field(default_factory=dict)
+    dead_lettered: set[str] = field(default_factory=set)  # "stream:entry_id"
 
     def rotation_targets(self) -> frozenset[str]:
         """Symbols being closed by a rotation in flight."""
@@ -222,6 +243,8 @@ class BookView:
                 self.reservations.pop(sym, None)
             case SetConfidence(symbol=sym, confidence=value):
                 self.entry_confidence[sym] = value
+            case DeadLetter(stream=stream, entry_id=entry_id):
+                self.dead_lettered.add(f"{stream}:{entry_id}")
             case _:
                 pass
 
@@ -330,7 +353,7 @@ def _answer(
         confidence=plan.confidence,
         regime=regime,
         desired_slots=desired,
-        entries=[ctx.entry_id],
+        entries=_remember(ctx.view.plans.get(plan.plan_id), ctx.entry_id),
         decided_ms=ctx.now_ms,
     )
     before = ctx.view.plans.get(plan.plan_id)
@@ -347,6 +370,18 @@ def _answer(
     return effects
 
 
+#: how many answered stream entries a plan record remembers (resends are rare; a
+#: redelivery of one older than that would be answered once more, never re-decided
+#: into a second permit: permits are written on a first ALLOW only)
+REMEMBERED_ENTRIES = 32
+
+
+def _remember(record: PlanRecord | None, entry_id: str) -> list[str]:
+    """The entries answered for a plan, with `entry_id` added (bounded, oldest dropped)."""
+    earlier = record.entries[-(REMEMBERED_ENTRIES - 1) :] if record is not None else []
+    return [*earlier, entry_id]
+
+
 def _answer_again(ctx: _Ctx, record: PlanRecord, reason: str) -> list[Effect]:
     """A resend: the recorded answer again; no second permit, no second rotation."""
     decision = _decision(
@@ -361,7 +396,7 @@ def _answer_again(ctx: _Ctx, record: PlanRecord, reason: str) -> list[Effect]:
         rotation_id=record.rotation_id,
         entry_id=ctx.entry_id,
     )
-    updated = msgspec.structs.replace(record, entries=[*record.entries[-15:], ctx.entry_id])
+    updated = msgspec.structs.replace(record, entries=_remember(record, ctx.entry_id))
     return [Decided(decision, permit=False), SavePlan(updated)]
 
 
@@ -758,6 +793,8 @@ def decide_one(
         case Tick(rotation_id=rotation_id):
             return decide_tick(rotation_id, view, rules, now_ms)
         case BadIn(stream=stream, entry_id=entry_id, fields=raw, error=error):
+            if f"{stream}:{entry_id}" in view.dead_lettered:
+                return [Ack(stream, entry_id)]  # a redelivery: already in the DLQ
             return [DeadLetter(stream, entry_id, raw, error), Ack(stream, entry_id)]
         case Abort(rotation_id=rotation_id, by=by):
             return decide_abort(_known(view, rotation_id), view, rules, now_ms, by)

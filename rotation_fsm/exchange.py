@@ -336,8 +336,8 @@ def _to_float(value: Any, name: str) -> float:
         raise _Garbage(f"{name} is a {type(value).__name__}")
     try:
         number = float(value)
-    except ValueError:
-        raise _Garbage(f"{name} is not a number: {value!r:.40}") from None
+    except (ValueError, OverflowError):  # an integer past 1.8e308 overflows a float
+        raise _Garbage(f"{name} is not a number: {str(value)[:40]!r}") from None
     if not math.isfinite(number):
         raise _Garbage(f"{name} is not finite: {value!r:.40}")
     return number

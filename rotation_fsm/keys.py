@@ -110,6 +110,10 @@ class Keys:
         """String: JSON record of what was decided for a plan id."""
         return self.name(f"quantum:rotation:plan:{plan_id}")
 
+    def dead(self, stream: str, entry_id: str) -> str:
+        """String: marks an entry already dead-lettered (a redelivery writes nothing)."""
+        return self.name(f"quantum:rotation:dead:{stream}:{entry_id}")
+
     def close_index(self, close_plan_id: str) -> str:
         """String: the rotation id a close plan id belongs to (results find it directly)."""
         return self.name(f"quantum:rotation:close:{close_plan_id}")

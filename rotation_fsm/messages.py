@@ -101,7 +101,7 @@ def _check_scalars(
     for name in bools:
         if name in fields:
             try:
-                checked[name] = parse_bool(fields[name])
+                checked[name] = parse_bool(fields[name], strip=False)
             except ValueError:
                 raise BadEntry(f"field {name!r} is not a boolean: {fields[name]!r}") from None
     return checked

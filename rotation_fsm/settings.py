@@ -33,9 +33,13 @@ class SettingError(ValueError):
         self.value = value
 
 
-def parse_bool(text: str) -> bool:
-    """Contract booleans: true/True/TRUE/1 and false/False/FALSE/0, nothing else."""
-    word = text.strip().lower()
+def parse_bool(text: str, *, strip: bool = True) -> bool:
+    """Contract booleans: true/True/TRUE/1 and false/False/FALSE/0, nothing else.
+
+    `strip=False` for stream fields (contract §2: any other spelling is dead-lettered);
+    surrounding spaces are forgiven only in the environment.
+    """
+    word = (text.strip() if strip else text).lower()
     if word in TRUE_WORDS:
         return True
     if word in FALSE_WORDS:

@@ -21,6 +21,7 @@ from redis.asyncio.cluster import RedisCluster
 from .decide import (
     Abort,
     Ack,
+    BadIn,
     BookView,
     DeadLetter,
     Decided,
@@ -130,6 +131,7 @@ class Store:
         k = self.keys
         plan_ids = sorted({i.plan.plan_id for i in inputs if isinstance(i, PlanIn)})
         close_ids = sorted(_close_ids_wanted(inputs, market))
+        bad = sorted({(i.stream, i.entry_id) for i in inputs if isinstance(i, BadIn)})
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(k.version)
             pipe.hget(k.policy, "universe_symbols")
@@ -144,11 +146,14 @@ class Store:
                 pipe.execute_command("MGET", *[k.plan(p) for p in plan_ids])
             if close_ids:
                 pipe.execute_command("MGET", *[k.close_index(c) for c in close_ids])
+            if bad:
+                pipe.execute_command("MGET", *[k.dead(st, i) for st, i in bad])
             replies = await pipe.execute()
         version, policy, reservations, inflight, confidence, live = replies[:6]
         rest = iter(replies[6:])
         plan_raw = next(rest) if plan_ids else []
         close_raw = next(rest) if close_ids else []
+        dead_raw = next(rest) if bad else []
         view = BookView(
             version=int(version or 0),
             policy_raw=policy,
@@ -167,6 +172,9 @@ class Store:
                 k.decode(errors="replace"): v.decode(errors="replace") for k, v in live.items()
             },
         )
+        view.dead_lettered = {
+            f"{st}:{i}" for (st, i), raw in zip(bad, dead_raw, strict=True) if raw is not None
+        }
         wanted = view.inflight | set(view.close_index.values())
         wanted |= {i.rotation_id for i in inputs if isinstance(i, Tick | Abort | Extend)}
         await self._load_rotations(view, sorted(wanted))
@@ -233,6 +241,8 @@ class Store:
                 )
             case DeadLetter():
                 ops.add("XADD", k.dlq, "*", *_flat(effect.entry()))
+                ops.add("SET", k.dead(effect.stream, effect.entry_id), "1", "PX",
+                        self.retention_ms)
             case Decided(decision=d, permit=permit, unblock=unblock):
                 ops.add("XADD", k.decisions, "*", *_flat(to_fields(d)))
                 if d.decision == "ALLOW":

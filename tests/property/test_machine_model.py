@@ -892,11 +892,6 @@ def test_an_8_character_plan_id_reuses_a_close_plan_id(book: MemoryBook) -> None
     assert book.view.rotations[new.rotation_id].state == "CLOSE_EMITTED"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: PlanRecord.entries is reset by a fresh (non-final) decision, so a "
-    "redelivery of an older entry of the same plan id is decided again",
-)
 def test_a_redelivered_older_entry_writes_nothing(book: MemoryBook) -> None:
     down = Market(positions=None, positions_error="HTTP 500")
     book.feed([PlanIn("1-0", plan("p1"))], down, rules(), NOW_MS)  # BLOCK, decided afresh later
@@ -908,11 +903,6 @@ def test_a_redelivered_older_entry_writes_nothing(book: MemoryBook) -> None:
     assert len(book.decisions) == decided and book.permits == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a bad entry delivered twice is dead-lettered twice (BadIn is not "
-    "deduplicated by entry id, unlike plans)",
-)
 def test_a_redelivered_bad_entry_writes_nothing(book: MemoryBook) -> None:
     bad = to_input("plans", "7-0", {b"plan_id": b"x", b"decision": b"EXECUTE"})
     book.feed([bad], market(), rules(), NOW_MS)
