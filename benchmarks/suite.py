@@ -35,7 +35,7 @@ from .rig import Rig
 from .stats import Figure, Target, at_least, at_most
 from .timer_lag import run_timer
 
-PHASES = ("raw", "free_slot", "scaling", "full_book", "latency", "timer")
+PHASES = ("raw", "free_slot", "scaling", "full_book", "latency", "timer", "books")
 LATENCY_RATES = (2_000, 10_000)
 MB = 1024 * 1024
 
@@ -120,6 +120,7 @@ async def run_phases(rig: Rig, report: Report, phases: list[str], profile: Path 
         "full_book": _full_book,
         "latency": _latency,
         "timer": _timer,
+        "books": _books,
     }
     for name in PHASES:
         if name not in phases:
@@ -201,6 +202,26 @@ async def _scaling(rig: Rig, report: Report) -> None:
         factor = report.figure("scaling_factor", "scaling: 2 engines ÷ 1 engine", "×")
         factor.values += [r.rate / single.median for r in results]
     report.details["scaling"] = _burst_details(results)
+
+
+async def _books(rig: Rig, report: Report) -> None:
+    """Issue 7's row: total decisions/s with 1, 3 and 6 books on a three-master cluster
+    against one book on one node (`benchmarks.cluster` starts its own servers)."""
+    from .cluster import measure_books
+
+    quick = report.sizes.burst_plans < FULL.burst_plans
+    books = await measure_books(
+        (1, 3, 6),
+        plans_per_book=3_000 if quick else 20_000,
+        repeat=report.sizes.repeat,
+        idle_books=(1,),
+        idle_seconds=3.0 if quick else 10.0,
+    )
+    for row in books.rows:
+        key = f"books_{row.setup}_{row.books}".replace(" ", "_")
+        name = f"books: {row.setup}, {row.books} book(s), decisions/s"
+        report.figure(key, name, "plans/s", throughput=True).values.append(row.rate)
+    report.details["books"] = books.render()
 
 
 def _burst_details(results: list[BurstResult]) -> dict[str, Any]:

@@ -92,6 +92,7 @@ from .audit import AuditBatch, parse_entry
 from .decide import Abort, BadIn, PlanIn, ResultIn, Tick
 from .keys import Keys
 from .machine import FINAL, State
+from .market import OPEN_QTY_EPSILON
 from .messages import BadEntry, RotationRecord, rotation_from_hash
 from .redis_process import RedisProcess, free_port
 from .settings import Rules
@@ -189,8 +190,8 @@ def check(history: History) -> list[Verdict]:
 def also_checked(history: History) -> dict[str, list[str]]:
     """Findings beyond the five invariants, reported without failing the run: each
     commit moves the book from one version to the next, and — the contract's "a
-    redelivery can never emit anything twice" — no plan entry is answered twice and
-    no entry dead-lettered twice (both happen today: see tests/chaos/test_bugs.py)."""
+    redelivery can never emit anything twice" — no plan entry is answered twice and no
+    entry dead-lettered twice (both did happen, under claim races: tests/chaos/test_bugs.py)."""
     versions = Counter(batch.seed.version for batch in history.audit)
     answered = Counter(f["entry_id"] for _, f in history.decisions if f.get("entry_id"))
     letters = Counter((f.get("stream", ""), f.get("entry_id", "")) for _, f in history.dlq)
@@ -231,7 +232,7 @@ class _Occupancy:
     """The occupied symbols of one audited commit, kept up to date row by row."""
 
     opened: frozenset[str] | None  # None: no positions snapshot in this batch
-    reserved: dict[str, str]  # symbol → plan id holding it
+    reserved: dict[str, set[str]]  # symbol → the allowed plans on their way to it
     targets: dict[str, str]  # rotation id → close symbol
 
     @classmethod
@@ -241,7 +242,7 @@ class _Occupancy:
         positions = batch.market.positions
         opened = None if positions is None else frozenset(p.symbol for p in positions)
         reserved = {
-            symbol: res.plan_id
+            symbol: set(res.plan_ids)
             for symbol, res in batch.seed.reservations.items()
             if res.until_ms > batch.now_ms and symbol not in (opened or ())
         }
@@ -254,6 +255,18 @@ class _Occupancy:
 
     def symbols(self) -> set[str]:
         return set(self.opened or ()) | set(self.reserved) | set(self.targets.values())
+
+    def hold(self, symbol: str, plan_id: str) -> None:
+        """An allowed entry is on its way to `symbol`: the slot is held until it lands,
+        fails or times out — whichever plans already hold it."""
+        self.reserved.setdefault(symbol, set()).add(plan_id)
+
+    def fail(self, plan_id: str) -> None:
+        """`plan_id`'s order was refused: its symbol is free once no other plan holds it."""
+        for symbol, holders in list(self.reserved.items()):
+            holders.discard(plan_id)
+            if not holders:
+                del self.reserved[symbol]
 
 
 def _audit_findings(history: History) -> tuple[list[str], list[str]]:
@@ -289,7 +302,8 @@ class _Walk:
             if isinstance(item, PlanIn):
                 self._plan(item)
             elif isinstance(item, ResultIn):
-                _release_rejected(item, self.occ)
+                if not item.result.executed:
+                    self.occ.fail(item.result.plan_id)
                 rec = seed.rotations.get(seed.close_index.get(item.result.plan_id, ""))
                 if rec is not None and self._take_end(rec):
                     _ended(rec, self.occ, allowed=item.result.executed)
@@ -327,6 +341,8 @@ def _judge_plan(row: list[str], symbol: str, occ: _Occupancy, batch: AuditBatch)
     if verdict != R.ALLOW or not batch.rules.slots_enabled:
         return []
     if reason == R.SLOT_ALREADY_HELD:
+        if symbol in occ.reserved:
+            occ.hold(symbol, plan_id)
         if symbol in (occ.opened or ()) or symbol in occ.reserved:
             return []
         return [
@@ -347,7 +363,7 @@ def _judge_plan(row: list[str], symbol: str, occ: _Occupancy, batch: AuditBatch)
             f"{plan_id} ({symbol}) allowed slots_available at {batch.now_ms}: "
             f"{len(taken)} occupied {sorted(taken)} > {desired} desired ({regime})"
         )
-    occ.reserved[symbol] = plan_id
+    occ.hold(symbol, plan_id)
     return found
 
 
@@ -377,16 +393,7 @@ def _started(
 def _ended(rec: RotationRecord, occ: _Occupancy, *, allowed: bool) -> None:
     occ.targets.pop(rec.rotation_id, None)
     if allowed:  # rotation_complete: the waiting plan's symbol takes the freed slot
-        occ.reserved[rec.new_symbol] = rec.new_plan_id
-
-
-def _release_rejected(item: ResultIn, occ: _Occupancy) -> None:
-    if item.result.executed:
-        return
-    for symbol, plan_id in list(occ.reserved.items()):
-        if plan_id == item.result.plan_id:
-            del occ.reserved[symbol]
-            return
+        occ.hold(rec.new_symbol, rec.new_plan_id)
 
 
 def _duplicate_targets(targets: dict[str, str], where: str) -> list[str]:
@@ -824,6 +831,11 @@ class ChaosBook(PaperBook):
         self.faults_served: Counter[str] = Counter()
         self.counts: list[tuple[int, int]] = []
 
+    def open_symbols(self) -> list[str]:
+        """Symbols open as the exchange reports them: a short netted against a long of the
+        same size leaves a flat row in `positions`, which is no position (contract §2)."""
+        return sorted(s for s, p in self.positions.items() if abs(p.qty) > OPEN_QTY_EPSILON)
+
     def take_fault(self) -> str | None:
         fault = super().take_fault()
         if fault is not None:
@@ -832,12 +844,13 @@ class ChaosBook(PaperBook):
 
     def open(self, symbol: str, qty: float, price: float, *, at_ms: int | None = None) -> None:
         super().open(symbol, qty, price, at_ms=at_ms)
-        self.counts.append((self.clock_ms(), len(self.positions)))
-        log.info("book: open %s -> %s", symbol, sorted(self.positions))
+        held = self.open_symbols()
+        self.counts.append((self.clock_ms(), len(held)))
+        log.info("book: open %s %+g -> %s", symbol, qty, held)
 
     def close(self, symbol: str) -> bool:
         closed = super().close(symbol)
-        log.info("book: close %s -> %s", symbol, sorted(self.positions))
+        log.info("book: close %s -> %s", symbol, self.open_symbols())
         return closed
 
 
@@ -1188,13 +1201,13 @@ class ChaosRun:
         assert self.redis is not None
         k = self.keys
         try:
-            for stream, group in (
-                (k.plans, ENGINE_GROUP),
-                (k.results, ENGINE_GROUP),
-                (k.decisions, DEFAULT_GROUP),
-            ):
-                if not await _drained(self.redis, stream, group):
+            for stream in (k.plans, k.results):
+                if not await _drained(self.redis, stream, ENGINE_GROUP):
                     return False
+            # The paper exchange never retries a result whose write failed (Redis went
+            # away mid-write): that decision stays pending in its group for good.
+            if not await _drained(self.redis, k.decisions, DEFAULT_GROUP, abandoned_after_ms=2000):
+                return False
             return int(await self.redis.scard(k.inflight)) == 0
         except (RedisError, OSError):
             return False
@@ -1216,6 +1229,8 @@ class ChaosRun:
         """What the checker needs from Redis (the permits come from the AOF later)."""
         assert self.redis is not None
         r, k = self.redis, self.keys
+        stuck = await unacked(r, k.decisions, "decisions", DEFAULT_GROUP)
+        self.faults["results_unwritten"] = len(stuck)
         out = History(
             plans=await read_stream(r, k.plans),
             results=await read_stream(r, k.results),
@@ -1278,15 +1293,24 @@ async def _ready(session: ClientSession, url: str) -> bool:
         return False
 
 
-async def _drained(redis: Redis, stream: str, group: str) -> bool:
-    """Every entry of `stream` delivered to `group` and acknowledged."""
+async def _drained(
+    redis: Redis, stream: str, group: str, *, abandoned_after_ms: int | None = None
+) -> bool:
+    """Every entry of `stream` delivered to `group` and acknowledged — or, with
+    `abandoned_after_ms`, at least pending that long (given up on by its reader)."""
     if not await redis.exists(stream):
         return True
     last = _text((await redis.xinfo_stream(stream))["last-generated-id"])
-    for info in await redis.xinfo_groups(stream):
-        if _text(info["name"]) == group:
-            return int(info["pending"]) == 0 and _text(info["last-delivered-id"]) == last
-    return False
+    info = {_text(g["name"]): g for g in await redis.xinfo_groups(stream)}.get(group)
+    if info is None or _text(info["last-delivered-id"]) != last:
+        return False
+    pending = int(info["pending"])
+    if pending and abandoned_after_ms is not None:
+        old = await redis.xpending_range(
+            stream, group, min="-", max="+", count=pending, idle=abandoned_after_ms
+        )
+        pending -= len(old)
+    return pending == 0
 
 
 # ============================================================================ the report
@@ -1403,6 +1427,8 @@ def _fault_figures(run: ChaosRun) -> dict[str, int]:
     out |= {f"exchange_{kind}": run.book.faults_served[kind] for kind in EXCHANGE_FAULTS}
     out["orders_rejected"] = apply_stats["rejected"]
     out["results_lost"] = apply_stats["lost"]
+    # fills whose result could not be written while Redis was away: lost results too
+    out["results_unwritten"] = run.faults["results_unwritten"]
     return out
 
 

@@ -141,8 +141,9 @@ class DeadLetter(msgspec.Struct, frozen=True, tag="dead_letter"):
             b"stream": self.stream.encode(),
         }
         if len(self.fields) > DEAD_LETTER_MAX_FIELDS:
-            pairs = [[base64.b64encode(k).decode(), base64.b64encode(v).decode()]
-                     for k, v in self.fields]
+            pairs = [
+                [base64.b64encode(k).decode(), base64.b64encode(v).decode()] for k, v in self.fields
+            ]
             return {**meta, b"orig_fields_b64": msgspec.json.encode(pairs)}
         out: dict[bytes, bytes] = {}
         for name, value in self.fields:
@@ -501,8 +502,7 @@ def _rotate_or_block(ctx: _Ctx) -> list[Effect]:
 def _start_rotation(ctx: _Ctx, target: Position) -> list[Effect]:
     plan, now_ms = ctx.plan, ctx.now_ms
     rotation_id = f"{plan.plan_id}@{now_ms}"
-    close_id = close_plan_id(plan.plan_id, target.symbol, ctx.view.close_index, rotation_id,
-                             now_ms)
+    close_id = close_plan_id(plan.plan_id, target.symbol, ctx.view.close_index, rotation_id, now_ms)
     locked = fire(State.IDLE, Trigger.LOCK)
     emitted = fire(str(locked), Trigger.EMIT_CLOSE)
     record = RotationRecord(

@@ -179,6 +179,11 @@ class BookEngine:
                 task.add_done_callback(lambda t: self._landed(t, effects, now_ms))
                 self._ahead = _Ahead(version, effects, now_ms, task, inputs, market)
 
+    @property
+    def commit_in_flight(self) -> bool:
+        """A pipelined commit was sent and not yet settled (see `flush`)."""
+        return self._ahead is not None
+
     async def flush(self) -> None:
         """Wait for the commit in flight (if any): call before stopping."""
         async with self._lock:

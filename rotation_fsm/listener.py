@@ -102,13 +102,16 @@ class Listener:
             handled += await self._handle(await self._claim())
         start = "0" if pending else ">"
         try:
-            reply = await self.redis.xreadgroup(
-                self.group,
-                self.consumer,
-                {s: start for s in self._streams},
-                count=self.count,
-                block=block_ms,
-            )
+            if block_ms is not None and self.engine.commit_in_flight:
+                # Look without blocking first; when there is nothing to read, settle
+                # the pipelined commit before waiting, so its failure surfaces (and
+                # its entries are re-read) now, not when the next entry arrives.
+                reply = await self._read(start, None)
+                if not reply:
+                    await self.engine.flush()
+                    reply = await self._read(start, block_ms)
+            else:
+                reply = await self._read(start, block_ms)
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -118,6 +121,15 @@ class Listener:
             return handled
         handled += await self._handle(_entries(reply, self._streams))
         return handled
+
+    async def _read(self, start: str, block_ms: int | None) -> Any:
+        return await self.redis.xreadgroup(
+            self.group,
+            self.consumer,
+            {s: start for s in self._streams},
+            count=self.count,
+            block=block_ms,
+        )
 
     async def _claim(self) -> list[tuple[str, str, dict[bytes, bytes] | None]]:
         claimed: list[tuple[str, str, dict[bytes, bytes] | None]] = []

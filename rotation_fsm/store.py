@@ -241,8 +241,7 @@ class Store:
                 )
             case DeadLetter():
                 ops.add("XADD", k.dlq, "*", *_flat(effect.entry()))
-                ops.add("SET", k.dead(effect.stream, effect.entry_id), "1", "PX",
-                        self.retention_ms)
+                ops.add("SET", k.dead(effect.stream, effect.entry_id), "1", "PX", self.retention_ms)
             case Decided(decision=d, permit=permit, unblock=unblock):
                 ops.add("XADD", k.decisions, "*", *_flat(to_fields(d)))
                 if d.decision == "ALLOW":

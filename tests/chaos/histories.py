@@ -77,13 +77,13 @@ def batch(
     *,
     positions: Iterable[str] | None = (),
     regimes: Mapping[str, str] | None = None,
-    reservations: Mapping[str, tuple[str, int]] | None = None,
+    reservations: Mapping[str, tuple[str | Sequence[str], int]] | None = None,
     rotations: Sequence[RotationRecord] = (),
     final_plans: Iterable[str] = (),
     version: int = 1,
 ) -> AuditBatch:
     """An audited commit. `regimes` defaults to BASE (2 slots) for every plan symbol;
-    `reservations` maps symbol → (plan id, until ms); `rotations` are in the seed (the
+    `reservations` maps symbol → (plan id or ids, until ms); `rotations` are in the seed (the
     ones in flight count as in flight); `final_plans` have a final ALLOW record."""
     symbols = {i.plan.symbol for i in inputs if isinstance(i, PlanIn)}
     regimes = regimes or dict.fromkeys(symbols, "BASE")
@@ -95,8 +95,7 @@ def batch(
         version=version,
         policy_raw=None,
         reservations={
-            s: Reservation(plan_id=pid, until_ms=until)
-            for s, (pid, until) in (reservations or {}).items()
+            s: _reservation(holders, until) for s, (holders, until) in (reservations or {}).items()
         },
         rotations={r.rotation_id: r for r in rotations},
         inflight=[r.rotation_id for r in rotations if r.state in ("LOCKED", "CLOSE_EMITTED")],
@@ -115,6 +114,11 @@ def batch(
         rules=RULES,
         decided=[list(row) for row in decided],
     )
+
+
+def _reservation(holders: str | Sequence[str], until_ms: int) -> Reservation:
+    first, *also = [holders] if isinstance(holders, str) else holders
+    return Reservation(plan_id=first, until_ms=until_ms, also=also)
 
 
 def decision(plan_id: str, verdict: str, reason: str, entry_id: str = "", **extra: str) -> Entry:

@@ -1,12 +1,17 @@
-"""Engine bugs met while building the chaos run, pinned as strict xfails: each turns
-XPASS (a failure) once fixed — then delete its marker."""
+"""Engine bugs met while building the chaos run, reproduced through two real replicas of
+one consumer group and a claim race (XAUTOCLAIM while the first reader still works).
+
+Both were open when found (the second by the chaos run itself: "plan entries answered
+more than once") and pinned here as strict xfails; both were fixed in 8deaab5, with
+their core-level cases in tests/property, and stay as regression tests. A bug still
+open goes here as a strict xfail.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 
-import pytest
 from redis.asyncio import Redis
 
 from rotation_fsm.engine import BookEngine
@@ -49,17 +54,11 @@ def _replica(redis: Redis, keys: Keys, exchange: _Exchange, name: str, claim_ms:
     return Listener(redis, engine, keys, group=GROUP, consumer=name, claim_idle_ms=claim_ms)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an entry that cannot be parsed is dead-lettered again by every consumer "
-    "that commits it: a replica that claims it (XAUTOCLAIM, GOV_CLAIM_IDLE_MS) while its "
-    "first reader still waits on the exchange for the rest of the batch writes a second "
-    "DLQ entry when that reader commits (BadIn has no idempotency record, unlike plans; "
-    "the same defect as tests/property's test_a_redelivered_bad_entry_writes_nothing)",
-)
 async def test_a_bad_entry_claimed_while_its_first_reader_works_is_dead_lettered_once(
     redis_client: Redis,
 ) -> None:
+    # Was: a bad entry had no idempotency record, so each consumer committing it
+    # dead-lettered it again.
     keys = Keys()
     await redis_client.hset(keys.policy, "universe_symbols", json.dumps(UNIVERSE))
     gate = asyncio.Event()
@@ -90,18 +89,11 @@ async def _decisions_per_entry(redis: Redis, keys: Keys) -> dict[str, int]:
     return counts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a plan sent twice (a duplicate or a resend) and blocked for a passing reason "
-    "keeps only its last entry id in PlanRecord.entries (a fresh decision replaces the "
-    "list), so when a replica that claimed both commits first, the first reader's commit "
-    "answers the older entry — and then the newer — again: found by the chaos run "
-    "('plan entries answered more than once'); the core-level case is tests/property's "
-    "test_a_redelivered_older_entry_writes_nothing",
-)
 async def test_a_duplicate_plan_claimed_while_its_first_reader_works_is_answered_once(
     redis_client: Redis,
 ) -> None:
+    # Was: a fresh (non-final) decision replaced PlanRecord.entries with its own entry,
+    # so the first reader's commit answered the older entry, then the newer, again.
     keys = Keys()
     await redis_client.hset(keys.policy, "universe_symbols", json.dumps(UNIVERSE))
     gate = asyncio.Event()

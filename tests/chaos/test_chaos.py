@@ -89,3 +89,11 @@ def test_every_replica_stopped_cleanly(chaos_run: Run) -> None:
 
 def test_no_book_version_was_committed_twice(chaos_run: Run) -> None:
     assert chaos_run.report["also_checked"]["commits from one book version"]["count"] == 0
+
+
+@pytest.mark.parametrize(
+    "finding", ["plan entries answered more than once", "entries dead-lettered more than once"]
+)
+def test_a_redelivery_emits_nothing_twice(chaos_run: Run, finding: str) -> None:
+    # Both happened under claim races before 8deaab5 (tests/chaos/test_bugs.py).
+    assert chaos_run.report["also_checked"][finding] == {"count": 0, "examples": []}

@@ -125,6 +125,29 @@ def test_a_rejected_entry_frees_its_reservation_within_the_commit() -> None:
     assert verdict(History(audit=[one]), 1).violations == 0
 
 
+def test_a_symbol_two_plans_hold_stays_reserved_until_both_fail() -> None:
+    one = batch(
+        10,
+        [result_in("1-0", "p0", executed=False), plan_in("2-0", "p1", "NEWUSDT")],
+        [["p1", ALLOW, R.SLOTS_AVAILABLE, ""]],
+        positions=["BTCUSDT"],
+        reservations={"ETHUSDT": (["p0", "p9"], 100)},
+    )
+    assert verdict(History(audit=[one]), 1).violations == 1
+
+
+def test_a_plan_held_on_a_reserved_symbol_keeps_it_when_the_first_fails() -> None:
+    one = batch(
+        10,
+        [plan_in("1-0", "p9", "ETHUSDT"), result_in("2-0", "p0", executed=False),
+         plan_in("3-0", "p1", "NEWUSDT")],
+        [["p9", ALLOW, R.SLOT_ALREADY_HELD, ""], ["p1", ALLOW, R.SLOTS_AVAILABLE, ""]],
+        positions=["BTCUSDT"],
+        reservations={"ETHUSDT": ("p0", 100)},
+    )  # fmt: skip
+    assert verdict(History(audit=[one]), 1).violations == 1
+
+
 def test_a_completed_rotations_entry_holds_the_freed_slot() -> None:
     flying = rotation("p9@5", close_symbol="XRPUSDT", state="CLOSE_EMITTED", ended_ms=0)
     one = batch(

@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
 
 from rotation_fsm import reasons as R
+from rotation_fsm.engine import BookEngine
+from rotation_fsm.keys import Keys
+from rotation_fsm.listener import Listener
+from rotation_fsm.market import Account, Kline, Position
 from rotation_fsm.messages import rotation_from_hash
+from rotation_fsm.store import Store
 from tests.integration.harness import Stack, open_stack
+from tests.stubs import UNIVERSE, plan_fields, rules
 
 pytestmark = pytest.mark.timeout(90)
 
 SLOTS = {"GOV_ACTIVE_SLOTS_CHOP": "3"}
+
+
+class _EmptyAccount:
+    async def positions(self) -> list[Position]:
+        return []
+
+    async def account(self) -> Account:
+        return Account(total_initial_margin=0.0, total_margin_balance=1000.0)
+
+    async def klines(self, symbol: str) -> list[Kline]:
+        return []
 
 
 async def rotation(stack: Stack, rotation_id: str):
@@ -94,3 +112,41 @@ async def test_redis_restarted_with_aof_mid_rotation_completes(redis_factory):
         )
         assert d["reason"] == R.ROTATION_COMPLETE
         assert len(await closes(stack)) == 1
+
+
+async def test_a_pipelined_commit_that_fails_is_redone_before_the_listener_waits(
+    redis_client,
+):
+    # Was: the commit of the last batch before a quiet spell ran as a task that
+    # nobody awaited until the next entry came; when Redis dropped it (the restart
+    # above, under load), the confirmation sat uncommitted until then.
+    keys = Keys()
+    await redis_client.hset(keys.policy, "universe_symbols", json.dumps(UNIVERSE))
+    store = Store(redis_client, keys, group="rotation-fsm", retention_s=3600)
+    engine = BookEngine(store, _EmptyAccount(), rules())
+    listener = Listener(redis_client, engine, keys, group="rotation-fsm", consumer="c1")
+    await listener.ensure_groups()
+    real_commit, failures = store.commit, [ConnectionError("connection lost mid-commit")]
+
+    async def commit_once_lost(*args, **kw):
+        if failures:
+            raise failures.pop()
+        return await real_commit(*args, **kw)
+
+    store.commit = commit_once_lost
+    await redis_client.xadd(keys.plans, plan_fields("p-lost", "NEWUSDT"))
+    assert await listener.run_once(block_ms=50) == 1  # decided; its commit is in flight
+    with pytest.raises(ConnectionError):
+        await listener.run_once(block_ms=60_000)  # surfaces before blocking on the read
+    assert await listener.run_once(block_ms=50) == 1  # its own pending entry, again
+    await engine.flush()
+    rows = await redis_client.xrange(keys.decisions)
+    assert [(f[b"plan_id"], f[b"reason"]) for _, f in rows] == [
+        (b"p-lost", R.SLOTS_AVAILABLE.encode())
+    ]
+    assert await redis_client.xpending(keys.plans, "rotation-fsm") == {
+        "pending": 0,
+        "min": None,
+        "max": None,
+        "consumers": [],
+    }

@@ -712,8 +712,7 @@ class BookModel(RuleBasedStateMachine):
             holders.remove(entry.plan_id)
             if holders:  # another plan still holds the slot (slot_already_held)
                 assert entry.symbol in self.reservations
-                self.reservations[entry.symbol] = (holders[0], self.reservations[
-                    entry.symbol][1])
+                self.reservations[entry.symbol] = (holders[0], self.reservations[entry.symbol][1])
             else:
                 assert entry.symbol not in self.reservations  # released by the result
 
@@ -973,4 +972,3 @@ def test_a_rotation_completing_into_a_symbol_being_rotated_out_keeps_its_slot(
     d = send("P2", "BNBUSDT", btc, eth, sol, new)
     if d.rotation_id is not None:
         assert book.view.rotations[d.rotation_id].close_symbol != "NEWUSDT"
-
