@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rotation_fsm.decide import Market
-from rotation_fsm.market import Account, Position
+from rotation_fsm.market import Account, Kline, Position
 from rotation_fsm.messages import Plan, Result
 from rotation_fsm.settings import Rules
 
@@ -107,3 +107,20 @@ def book_of(n: int) -> list[Position]:
     """n open positions, the i-th with pnl −i % (so the last is the weakest)."""
     names = [s for s in UNIVERSE if s != "NEWUSDT"]
     return [position(names[i], -0.01 * i) for i in range(n)]
+
+
+class StubExchange:
+    """An exchange answering `positions` (none by default), a calm account and no
+    klines (regime UNKNOWN)."""
+
+    def __init__(self, positions: list[Position] | None = None) -> None:
+        self._positions = positions or []
+
+    async def positions(self) -> list[Position]:
+        return self._positions
+
+    async def account(self) -> Account:
+        return Account(total_initial_margin=0.0, total_margin_balance=1000.0)
+
+    async def klines(self, symbol: str) -> list[Kline]:
+        return []

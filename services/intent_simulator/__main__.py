@@ -17,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from rotation_fsm.settings import SettingError
+from services.entry import run_main
 
 from .simulator import IntentSimulator, SimConfig, load_config
 
@@ -81,15 +81,7 @@ async def _main(config: SimConfig) -> int:
 
 def main() -> int:
     """Entry point; returns the exit code."""
-    try:
-        config = load_config()
-    except SettingError as exc:
-        print(f"intent-simulator: bad setting: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return asyncio.run(_main(config))
-    except KeyboardInterrupt:
-        return 0
+    return run_main("intent-simulator", load_config, _main)
 
 
 if __name__ == "__main__":

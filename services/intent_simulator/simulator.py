@@ -27,7 +27,8 @@ from typing import TypeVar
 from redis.asyncio import Redis
 
 from rotation_fsm.keys import Keys
-from rotation_fsm.settings import SettingError, load_settings
+from rotation_fsm.settings import load_settings
+from services.entry import setting
 from services.paper_exchange.apply import REFERENCE_PRICES, reference_price
 
 T = TypeVar("T")
@@ -74,16 +75,6 @@ class SimStats:
             self.duplicates += 1
         else:
             self.resends += 1
-
-
-def _parsed(
-    env: Mapping[str, str], name: str, default: str, parse: Callable[[str], T], expected: str
-) -> T:
-    text = env.get(name) or default
-    try:
-        return parse(text.strip())
-    except ValueError:
-        raise SettingError(name, text, expected) from None
 
 
 def _positive(text: str) -> float:
@@ -137,13 +128,13 @@ def load_config(env: Mapping[str, str] | None = None) -> SimConfig:
     return SimConfig(
         redis_url=settings.redis_url,
         keys=Keys(book=settings.book, streams=settings.streams),
-        rate=_parsed(env, "SIM_RATE", "2", _positive, "plans per second > 0"),
-        duplicate_rate=_parsed(env, "SIM_DUPLICATE_RATE", "0.05", _rate, "a fraction 0-1"),
-        resend_rate=_parsed(env, "SIM_RESEND_RATE", "0.05", _rate, "a fraction 0-1"),
-        seconds=_parsed(env, "SIM_SECONDS", "", _seconds, "seconds >= 0 (0: until stopped)"),
-        count=_parsed(env, "SIM_COUNT", "", _count, "a count >= 0 (0: no bound)"),
-        seed=_parsed(env, "SIM_SEED", "", _seed, "a whole number"),
-        universe=_parsed(
+        rate=setting(env, "SIM_RATE", "2", _positive, "plans per second > 0"),
+        duplicate_rate=setting(env, "SIM_DUPLICATE_RATE", "0.05", _rate, "a fraction 0-1"),
+        resend_rate=setting(env, "SIM_RESEND_RATE", "0.05", _rate, "a fraction 0-1"),
+        seconds=setting(env, "SIM_SECONDS", "", _seconds, "seconds >= 0 (0: until stopped)"),
+        count=setting(env, "SIM_COUNT", "", _count, "a count >= 0 (0: no bound)"),
+        seed=setting(env, "SIM_SEED", "", _seed, "a whole number"),
+        universe=setting(
             env, "SIM_UNIVERSE", ",".join(DEFAULT_UNIVERSE), _universe, "comma-separated symbols"
         ),
     )

@@ -36,7 +36,8 @@ from redis.asyncio import Redis
 
 from rotation_fsm.keys import Keys
 from rotation_fsm.regime import Regime
-from rotation_fsm.settings import SettingError, load_settings
+from rotation_fsm.settings import load_settings
+from services.entry import run_main, setting
 
 from .apply import REDIS_DOWN, ApplyConfig, ApplyLoop, seed_regimes, walk_marks
 from .book import PaperBook
@@ -60,16 +61,6 @@ class PaperConfig:
 
     def __repr__(self) -> str:
         return f"PaperConfig(host={self.host!r}, port={self.port}, secrets=hidden)"
-
-
-def _parsed(
-    env: Mapping[str, str], name: str, default: str, parse: Callable[[str], T], expected: str
-) -> T:
-    text = env.get(name) or default
-    try:
-        return parse(text.strip())
-    except ValueError:
-        raise SettingError(name, text, expected) from None
 
 
 def _rate(text: str) -> float:
@@ -117,10 +108,10 @@ def load_config(env: Mapping[str, str] | None = None) -> PaperConfig:
     env = os.environ if env is None else env
     settings = load_settings(env)
     apply = ApplyConfig(
-        latency_ms=_parsed(env, "PAPER_LATENCY_MS", "200", _non_negative_int, "ms >= 0"),
-        reject_rate=_parsed(env, "PAPER_REJECT_RATE", "0", _rate, "a fraction from 0 to 1"),
-        lost_rate=_parsed(env, "PAPER_LOST_RATE", "0", _rate, "a fraction from 0 to 1"),
-        seed=_parsed(env, "PAPER_SEED", "", _seed, "a whole number"),
+        latency_ms=setting(env, "PAPER_LATENCY_MS", "200", _non_negative_int, "ms >= 0"),
+        reject_rate=setting(env, "PAPER_REJECT_RATE", "0", _rate, "a fraction from 0 to 1"),
+        lost_rate=setting(env, "PAPER_LOST_RATE", "0", _rate, "a fraction from 0 to 1"),
+        seed=setting(env, "PAPER_SEED", "", _seed, "a whole number"),
     )
     return PaperConfig(
         redis_url=settings.redis_url,
@@ -128,9 +119,9 @@ def load_config(env: Mapping[str, str] | None = None) -> PaperConfig:
         api_key=settings.api_key,
         api_secret=settings.api_secret,
         host=env.get("PAPER_HOST") or "127.0.0.1",
-        port=_parsed(env, "PAPER_PORT", "8090", _port, "a TCP port (0-65535)"),
+        port=setting(env, "PAPER_PORT", "8090", _port, "a TCP port (0-65535)"),
         apply=apply,
-        regimes=_parsed(env, "PAPER_REGIMES", "", parse_regimes, REGIMES_EXPECTED),
+        regimes=setting(env, "PAPER_REGIMES", "", parse_regimes, REGIMES_EXPECTED),
     )
 
 
@@ -205,15 +196,7 @@ async def _main(config: PaperConfig) -> int:
 
 def main() -> int:
     """Entry point: a bad setting exits 2 with one line; SIGTERM/SIGINT exit 0."""
-    try:
-        config = load_config()
-    except SettingError as exc:
-        print(f"paper-exchange: bad setting: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return asyncio.run(_main(config))
-    except KeyboardInterrupt:
-        return 0
+    return run_main("paper-exchange", load_config, _main)
 
 
 if __name__ == "__main__":

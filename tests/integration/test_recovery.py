@@ -12,26 +12,14 @@ from rotation_fsm import reasons as R
 from rotation_fsm.engine import BookEngine
 from rotation_fsm.keys import Keys
 from rotation_fsm.listener import Listener
-from rotation_fsm.market import Account, Kline, Position
 from rotation_fsm.messages import rotation_from_hash
 from rotation_fsm.store import Store
 from tests.integration.harness import Stack, open_stack
-from tests.stubs import UNIVERSE, plan_fields, rules
+from tests.stubs import UNIVERSE, StubExchange, plan_fields, rules
 
 pytestmark = pytest.mark.timeout(90)
 
 SLOTS = {"GOV_ACTIVE_SLOTS_CHOP": "3"}
-
-
-class _EmptyAccount:
-    async def positions(self) -> list[Position]:
-        return []
-
-    async def account(self) -> Account:
-        return Account(total_initial_margin=0.0, total_margin_balance=1000.0)
-
-    async def klines(self, symbol: str) -> list[Kline]:
-        return []
 
 
 async def rotation(stack: Stack, rotation_id: str):
@@ -123,7 +111,7 @@ async def test_a_pipelined_commit_that_fails_is_redone_before_the_listener_waits
     keys = Keys()
     await redis_client.hset(keys.policy, "universe_symbols", json.dumps(UNIVERSE))
     store = Store(redis_client, keys, group="rotation-fsm", retention_s=3600)
-    engine = BookEngine(store, _EmptyAccount(), rules())
+    engine = BookEngine(store, StubExchange(), rules())
     listener = Listener(redis_client, engine, keys, group="rotation-fsm", consumer="c1")
     await listener.ensure_groups()
     real_commit, failures = store.commit, [ConnectionError("connection lost mid-commit")]

@@ -50,7 +50,7 @@ from rotation_fsm.memory import MemoryBook
 from rotation_fsm.messages import PLAN_BOOLS, PLAN_NUMBERS, RESULT_BOOLS, RESULT_NUMBERS
 from rotation_fsm.settings import Rules
 from rotation_fsm.store import Store
-from tests.stubs import NOW_MS, UNIVERSE, book_of, market, plan, rules
+from tests.stubs import NOW_MS, UNIVERSE, StubExchange, book_of, market, plan, rules
 
 META = (b"error", b"entry_id", b"stream")
 BOOL_WORDS = frozenset({"true", "1", "false", "0"})
@@ -295,7 +295,7 @@ async def _commit_one(stream: str, raw: dict[bytes, bytes]) -> None:
         item = to_input(stream, entry_id.decode(), fields)
         engine = BookEngine(
             Store(redis, keys, group=GROUP, retention_s=3600),
-            _QuietExchange(),
+            StubExchange(),
             Rules(max_correlation=1.0),
             clock=lambda: NOW_MS,
         )
@@ -314,19 +314,6 @@ async def _commit_one(stream: str, raw: dict[bytes, bytes]) -> None:
                 assert [d[b"entry_id"] for d in decisions] == [entry_id]
     finally:
         await redis.aclose()
-
-
-class _QuietExchange:
-    """An exchange with no positions and no klines (UNKNOWN regime)."""
-
-    async def positions(self) -> list[Position]:
-        return []
-
-    async def account(self) -> Account:
-        return Account(total_initial_margin=0.0, total_margin_balance=1000.0)
-
-    async def klines(self, symbol: str) -> list[Kline]:
-        return []
 
 
 def _without_many_fields(raw: dict[bytes, bytes]) -> bool:

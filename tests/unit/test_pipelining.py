@@ -10,23 +10,8 @@ from rotation_fsm import reasons as R
 from rotation_fsm.decide import PlanIn
 from rotation_fsm.engine import BookEngine
 from rotation_fsm.keys import Keys
-from rotation_fsm.market import Account
 from rotation_fsm.store import Store
-from tests.stubs import NOW_MS, UNIVERSE, book_of, plan, rules
-
-
-class StubExchange:
-    def __init__(self, positions):
-        self._positions = positions
-
-    async def positions(self):
-        return self._positions
-
-    async def account(self):
-        return Account(total_initial_margin=0.0, total_margin_balance=1000.0)
-
-    async def klines(self, symbol):
-        return []
+from tests.stubs import NOW_MS, UNIVERSE, StubExchange, book_of, plan, rules
 
 
 @pytest.fixture
