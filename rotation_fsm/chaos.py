@@ -237,14 +237,14 @@ class _Occupancy:
 
     @classmethod
     def of(cls, batch: AuditBatch) -> _Occupancy:
-        """What the batch started from: reservations past their TTL (or now open) end
-        first, as they do in the engine."""
+        """What the batch started from: reservations past their TTL end first, as they
+        do in the engine."""
         positions = batch.market.positions
         opened = None if positions is None else frozenset(p.symbol for p in positions)
         reserved = {
             symbol: set(res.plan_ids)
             for symbol, res in batch.seed.reservations.items()
-            if res.until_ms > batch.now_ms and symbol not in (opened or ())
+            if res.until_ms > batch.now_ms
         }
         targets = {
             rid: batch.seed.rotations[rid].close_symbol
@@ -257,12 +257,13 @@ class _Occupancy:
         return set(self.opened or ()) | set(self.reserved) | set(self.targets.values())
 
     def hold(self, symbol: str, plan_id: str) -> None:
-        """An allowed entry is on its way to `symbol`: the slot is held until it lands,
-        fails or times out — whichever plans already hold it."""
+        """An allowed entry is on its way to `symbol`: the slot is held until its result
+        comes or the TTL ends — whichever plans already hold it."""
         self.reserved.setdefault(symbol, set()).add(plan_id)
 
-    def fail(self, plan_id: str) -> None:
-        """`plan_id`'s order was refused: its symbol is free once no other plan holds it."""
+    def answered(self, plan_id: str) -> None:
+        """`plan_id`'s result came (executed: it is a position now; refused: nothing
+        opens): its symbol is no longer held once no other plan holds it."""
         for symbol, holders in list(self.reserved.items()):
             holders.discard(plan_id)
             if not holders:
@@ -302,8 +303,7 @@ class _Walk:
             if isinstance(item, PlanIn):
                 self._plan(item)
             elif isinstance(item, ResultIn):
-                if not item.result.executed:
-                    self.occ.fail(item.result.plan_id)
+                self.occ.answered(item.result.plan_id)
                 rec = seed.rotations.get(seed.close_index.get(item.result.plan_id, ""))
                 if rec is not None and self._take_end(rec):
                     _ended(rec, self.occ, allowed=item.result.executed)
@@ -341,9 +341,9 @@ def _judge_plan(row: list[str], symbol: str, occ: _Occupancy, batch: AuditBatch)
     if verdict != R.ALLOW or not batch.rules.slots_enabled:
         return []
     if reason == R.SLOT_ALREADY_HELD:
-        if symbol in occ.reserved:
-            occ.hold(symbol, plan_id)
-        if symbol in (occ.opened or ()) or symbol in occ.reserved:
+        held = symbol in (occ.opened or ()) or symbol in occ.reserved
+        occ.hold(symbol, plan_id)
+        if held:
             return []
         return [
             f"{plan_id} ({symbol}) allowed slot_already_held at {batch.now_ms} "

@@ -438,12 +438,12 @@ def decide_plan(ctx: _Ctx) -> list[Effect]:
         # A rotation is closing this symbol, or waiting to open it: "held" would let
         # this entry execute on a slot nobody counts. Decided afresh on a resend.
         return _answer(ctx, R.BLOCK, R.ROTATION_IN_PROGRESS, final=False)
-    if plan.symbol in market.open_symbols:
-        return _answer(ctx, R.ALLOW, R.SLOT_ALREADY_HELD, final=True)
-    if plan.symbol in view.reservations:
-        # The same reservation, now held by this plan too (it ends with the last).
+    if plan.symbol in market.open_symbols or plan.symbol in view.reservations:
+        # No new slot, but this entry holds the symbol's slot until its result: if the
+        # position is closed or netted flat before it executes, it opens the symbol
+        # again, and that slot must still be counted (found by the chaos run).
         effects = _answer(ctx, R.ALLOW, R.SLOT_ALREADY_HELD, final=True)
-        effects.append(_reserve(plan, rules, ctx.now_ms, view.reservations[plan.symbol]))
+        effects.append(_reserve(plan, rules, ctx.now_ms, view.reservations.get(plan.symbol)))
         return effects
     blocked = _correlation_block(ctx)
     if blocked is not None:
@@ -666,8 +666,9 @@ def decide_result(result: Result, view: BookView, rules: Rules, now_ms: int) -> 
     rotation_id = view.close_index.get(result.plan_id)
     rec = view.rotations.get(rotation_id) if rotation_id else None
     if rec is None:
-        if result.executed:
-            return []
+        # An entry's result, executed or not, ends its hold on the slot: executed, the
+        # exchange now shows the position (the snapshot is taken after the result is
+        # read); not executed, nothing opens.
         for symbol, res in sorted(view.reservations.items()):
             if result.plan_id in res.plan_ids:
                 rest = res.without(result.plan_id)
@@ -767,13 +768,14 @@ def decide_extend(rec: RotationRecord, deadline_ms: int, now_ms: int, by: str) -
 # ---------------------------------------------------------------- batches
 
 
-def expire_reservations(view: BookView, market: Market, now_ms: int) -> list[Effect]:
-    """Reservations that ended: past their TTL, or their symbol is now a position."""
-    opened = market.open_symbols if market.positions is not None else frozenset()
+def expire_reservations(view: BookView, now_ms: int) -> list[Effect]:
+    """Reservations past their TTL (a lost result must not hold a slot for ever).
+
+    Not ended by the symbol showing open: another entry for it may still be on its
+    way and would open it again after a close (the symbol is counted once anyway).
+    """
     return [
-        Release(sym)
-        for sym, res in sorted(view.reservations.items())
-        if res.until_ms <= now_ms or sym in opened
+        Release(sym) for sym, res in sorted(view.reservations.items()) if res.until_ms <= now_ms
     ]
 
 
@@ -818,7 +820,7 @@ def decide_batch(
     inputs: Sequence[Input], view: BookView, market: Market, rules: Rules, now_ms: int
 ) -> list[Effect]:
     """Effects of a whole batch, each input decided after the ones before it."""
-    effects: list[Effect] = expire_reservations(view, market, now_ms)
+    effects: list[Effect] = expire_reservations(view, now_ms)
     for effect in effects:
         view.apply(effect)
     for item in inputs:

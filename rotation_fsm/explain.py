@@ -168,7 +168,7 @@ def moments(audit_id: str, batch: AuditBatch, plan_id: str) -> list[Moment]:
     """
     view = batch.seed.to_view()
     market, rules, now_ms = batch.market, batch.rules, batch.now_ms
-    for effect in expire_reservations(view, market, now_ms):
+    for effect in expire_reservations(view, now_ms):
         view.apply(effect)
     recorded = iter([row for row in batch.decided if row[0] == plan_id])
     out: list[Moment] = []
@@ -241,8 +241,8 @@ def _slot_reasons(reason: str, f: dict[str, Any], rotation_id: str) -> list[str]
     c = f["candidate"]
     if reason == R.SLOTS_AVAILABLE:
         return [
-            f"A slot was free: allowed, and {f['symbol']} reserved for up to "
-            f"{f['reservation_ttl_s']:g} s, until it shows as a position."
+            f"A slot was free: allowed, and {f['symbol']} reserved until this plan's "
+            f"result comes, for up to {f['reservation_ttl_s']:g} s."
         ]
     if reason == R.WAITING_ROTATION_CLOSE:
         target = f"closes {_candidate_text(c)}, the weakest position it may close" if c else ""
@@ -305,7 +305,10 @@ def _gate_reasons(reason: str, f: dict[str, Any]) -> list[str]:
         ]
     if reason == R.SLOT_ALREADY_HELD:
         held = "open" if f["symbol"] in (f["open"] or []) else "reserved"
-        return [f"{f['symbol']} is already {held}: it takes no new slot."]
+        return [
+            f"{f['symbol']} is already {held}: it takes no new slot, and holds that one "
+            "until its result comes (should the position close first, it opens it again)."
+        ]
     return []
 
 

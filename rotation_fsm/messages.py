@@ -229,7 +229,7 @@ class Reservation(msgspec.Struct, frozen=True, kw_only=True):
         return Reservation(plan_id=self.plan_id, until_ms=max(self.until_ms, until_ms), also=also)
 
     def without(self, plan_id: str) -> Reservation | None:
-        """This reservation once `plan_id` failed; None when nobody holds it any more."""
+        """This reservation once `plan_id`'s result came; None when nobody holds it any more."""
         rest = [p for p in self.plan_ids if p != plan_id]
         if not rest:
             return None

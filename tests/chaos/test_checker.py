@@ -114,10 +114,12 @@ def test_a_close_target_in_flight_holds_a_slot() -> None:
     assert verdict(History(audit=[one]), 1).violations == 1
 
 
-def test_a_rejected_entry_frees_its_reservation_within_the_commit() -> None:
+@pytest.mark.parametrize("executed", [False, True])
+def test_an_entrys_result_frees_its_reservation_within_the_commit(executed: bool) -> None:
+    # Executed, it is a position now (not in this snapshot: closed again since).
     one = batch(
         10,
-        [result_in("1-0", "p0", executed=False), plan_in("2-0", "p1", "NEWUSDT")],
+        [result_in("1-0", "p0", executed=executed), plan_in("2-0", "p1", "NEWUSDT")],
         [["p1", ALLOW, R.SLOTS_AVAILABLE, ""]],
         positions=["BTCUSDT"],
         reservations={"ETHUSDT": ("p0", 100)},

@@ -19,8 +19,9 @@ dead letters), never from the engine's own state:
 5. every entry is acked once and reflected: a decision, a transition, or a dead letter.
 
 The model follows the contract's reservation bookkeeping (§3a: one reservation per
-symbol, owned by one plan; a second plan for a reserved symbol rides on it; an entry
-whose reservation ended because its symbol shows open is taken as filled). Bugs this
+symbol, held by every allowed entry for it — a new slot's, and each `slot_already_held`
+one — until that entry's result comes, or the TTL ends it; an entry whose reservation
+ended by TTL is taken as never filling, as its permit has expired too). Bugs this
 model found are pinned by the strict `xfail` tests at the bottom of this file, and the
 model steps around them so that it keeps looking for new ones: it redelivers only the
 latest entry of a plan id, and never redelivers a bad entry. When a bug is fixed, its
@@ -318,20 +319,17 @@ class BookModel(RuleBasedStateMachine):
         """Occupied slots, in symbols (contract §3a)."""
         return set(self.positions) | set(self.reservations) | self.targets()
 
-    def _expire(self, mkt: Market) -> list[str]:
-        """Reservations the batch ends before anything else (TTL, or now a position)."""
-        opened = mkt.open_symbols if mkt.positions is not None else frozenset()
-        gone = sorted(
-            s for s, (_, until) in self.reservations.items() if until <= self.now or s in opened
-        )
+    def _expire(self) -> list[str]:
+        """Reservations the batch ends before anything else: past their TTL."""
+        gone = sorted(s for s, (_, until) in self.reservations.items() if until <= self.now)
         for symbol in gone:
             self._release(symbol)
         return gone
 
     def _release(self, symbol: str) -> None:
         self.reservations.pop(symbol)
-        # Ended by TTL, by the last holder's failure or because the symbol is open: its
-        # entries no longer hold a slot of their own, so in this model they will not fill.
+        # Ended by TTL or by the last holder's result: whatever has not filled by now
+        # will not (its permit expired with it).
         for holder in self.holders.pop(symbol, []):
             self.entries.pop(holder, None)
 
@@ -351,7 +349,7 @@ class BookModel(RuleBasedStateMachine):
         reservations it ends before anything else — so a rule can predict its decision."""
         mkt = self.market() if needs_market(inputs, self.rules) else Market()
         before = self.charged()
-        return mkt, self._expire(mkt), before
+        return mkt, self._expire(), before
 
     def feed(
         self,
@@ -391,7 +389,7 @@ class BookModel(RuleBasedStateMachine):
             case Ack():
                 out.acks.append(effect)
             case Release(symbol=symbol):
-                # Only an executed=false result for the owner releases mid-batch.
+                # Only the result of its last holder releases mid-batch.
                 assert symbol in self.reservations, effect
                 self._release(symbol)
             case _:
@@ -416,14 +414,8 @@ class BookModel(RuleBasedStateMachine):
         self.allowed.add(pid)
         assert permit == self.rules.issue_permits, d
         conf = self.plan_conf.get(pid)
-        if d.reason in (R.SLOTS_AVAILABLE, R.ROTATION_COMPLETE):
-            self._reserve(pid, d.symbol)
-        elif (
-            d.reason == R.SLOT_ALREADY_HELD
-            and d.symbol in self.reservations
-            and d.symbol not in self.positions
-        ):
-            self._reserve(pid, d.symbol)  # it joins the reservation: held until the last
+        if d.reason in (R.SLOTS_AVAILABLE, R.ROTATION_COMPLETE, R.SLOT_ALREADY_HELD):
+            self._reserve(pid, d.symbol)  # held until its result (joined when already held)
         opened = (R.SLOTS_AVAILABLE, R.SLOT_ALREADY_HELD, R.ROTATION_COMPLETE)
         if d.reason in opened and conf is not None:
             self.confidence[d.symbol] = conf
@@ -693,28 +685,36 @@ class BookModel(RuleBasedStateMachine):
         else:
             assert events == [] and out.decisions == [], out.effects
 
-    @precondition(lambda self: self.entries)
+    @precondition(lambda self: any(self.holders.values()))
     @rule(data=st.data(), executed=st.booleans())
     def result_for_an_allowed_entry(self, data: st.DataObject, executed: bool) -> None:
-        """The apply layer's result for an allowed OPEN plan; executed=false frees its slot."""
-        entry = self.entries[data.draw(st.sampled_from(sorted(self.entries)))]
-        if executed:
-            self.positions.setdefault(entry.symbol, 0.0)
-        self.entries.pop(entry.plan_id)
-        holders = self.holders.get(entry.symbol, [])
-        held_by = entry.plan_id in holders
-        res = Result(plan_id=entry.plan_id, symbol=entry.symbol, executed=executed)
+        """The apply layer's result for an allowed OPEN plan holding a slot: executed or
+        not, it ends that plan's hold (an entry that already filled says executed)."""
+        held = sorted((pid, sym) for sym, pids in self.holders.items() for pid in pids)
+        plan_id, symbol = data.draw(st.sampled_from(held))
+        entry = self.entries.pop(plan_id, None)
+        if entry is None:
+            executed = True  # it filled before its result came
+        elif self.reservations[symbol][1] <= self.now:
+            executed = False  # its permit expired with the reservation: refused
+        elif executed:
+            self.positions.setdefault(symbol, 0.0)
+        res = Result(plan_id=plan_id, symbol=symbol, executed=executed)
         item = ResultIn(self.entry_id(), res)
         self.results_fed.append(item)
-        out = self.feed([item])
+        prepared = self.prepare([item])
+        holders = self.holders.get(symbol, [])
+        out = self.feed([item], prepared)
         assert out.decisions == [] and out.events == []
-        if not executed and held_by:
-            holders.remove(entry.plan_id)
-            if holders:  # another plan still holds the slot (slot_already_held)
-                assert entry.symbol in self.reservations
-                self.reservations[entry.symbol] = (holders[0], self.reservations[entry.symbol][1])
-            else:
-                assert entry.symbol not in self.reservations  # released by the result
+        if symbol in prepared[1]:
+            return  # the TTL ended it first
+        holders.remove(plan_id)
+        if holders:  # another entry still holds the slot
+            assert symbol in self.reservations
+            self.reservations[symbol] = (holders[0], self.reservations[symbol][1])
+        else:
+            assert symbol not in self.reservations  # released by the result
+            self.holders.pop(symbol, None)
 
     @rule(symbol=st.sampled_from(UNIVERSE), executed=st.booleans())
     def stray_result(self, symbol: str, executed: bool) -> None:
@@ -771,7 +771,7 @@ class BookModel(RuleBasedStateMachine):
     def _refused(self, item: Input, error: type[Exception] = IllegalTransition) -> None:
         """The core refuses an operator's input: it raises and emits nothing."""
         outputs = (len(self.book.decisions), len(self.book.events), len(self.book.close_plans))
-        self._expire(Market())  # the batch ended expired reservations before refusing
+        self._expire()  # the batch ended expired reservations before refusing
         with pytest.raises(error):
             self.book.feed([item], Market(), self.rules, self.now)
         assert outputs == (
@@ -802,7 +802,8 @@ class BookModel(RuleBasedStateMachine):
     @precondition(lambda self: self.entries)
     @rule(data=st.data(), pnl=st.sampled_from(PNLS))
     def allowed_entry_fills(self, data: st.DataObject, pnl: float) -> None:
-        """An allowed entry shows up as a position (its result may come later or never)."""
+        """An allowed entry shows up as a position (its result may come later or never;
+        until then, or the TTL, it keeps holding the slot)."""
         entry = self.entries.pop(data.draw(st.sampled_from(sorted(self.entries))))
         self.positions.setdefault(entry.symbol, pnl)
 
@@ -920,6 +921,33 @@ def test_a_second_entry_on_a_reserved_symbol_keeps_its_slot(book: MemoryBook) ->
     # P2 is allowed and in flight for NEWUSDT: 2 positions + NEWUSDT = 3 = desired.
     book.feed([PlanIn("1-2", plan("P3", "BNBUSDT"))], mkt, rules(), NOW_MS + 3)
     assert book.last_decision("P3").decision == R.BLOCK
+
+
+# Found by the chaos run (the paper book held 5 positions with 4 slots), fixed by
+# making every allowed entry hold its symbol's slot until its result or the TTL.
+def test_an_add_to_a_position_closed_before_it_executes_keeps_its_slot(book: MemoryBook) -> None:
+    btc, eth = book_of(2)  # UNKNOWN regime: 3 slots
+    book.feed([PlanIn("1-0", plan("P1", btc.symbol))], market(btc, eth), rules(), NOW_MS)
+    assert book.last_decision("P1").reason == R.SLOT_ALREADY_HELD
+    # BTC is closed (or netted flat by an opposite order) before P1 executes; P1 will
+    # open BTC again, so it still takes a slot.
+    book.feed([PlanIn("1-1", plan("P2", "NEWUSDT"))], market(eth), rules(), NOW_MS + 1)
+    book.feed([PlanIn("1-2", plan("P3", "BNBUSDT"))], market(eth), rules(), NOW_MS + 2)
+    assert book.last_decision("P2").reason == R.SLOTS_AVAILABLE
+    assert book.last_decision("P3").decision == R.BLOCK  # ETH, BTC (P1), NEW: 3 of 3
+
+
+def test_a_second_entry_keeps_the_slot_after_the_first_one_filled(book: MemoryBook) -> None:
+    (btc,) = book_of(1)
+    book.feed([PlanIn("1-0", plan("P1", "NEWUSDT"))], market(btc), rules(), NOW_MS)
+    book.feed([PlanIn("1-1", plan("P2", "NEWUSDT"))], market(btc), rules(), NOW_MS + 1)
+    filled = market(btc, position("NEWUSDT", 0.0))
+    book.feed([ResultIn("2-0", result("P1", reduce_only=False))], filled, rules(), NOW_MS + 2)
+    # NEW is closed again before P2 executes: P2's hold still counts it.
+    book.feed([PlanIn("1-2", plan("P3", "BNBUSDT"))], market(btc), rules(), NOW_MS + 3)
+    book.feed([PlanIn("1-3", plan("P4", "XRPUSDT"))], market(btc), rules(), NOW_MS + 4)
+    assert book.last_decision("P3").reason == R.SLOTS_AVAILABLE
+    assert book.last_decision("P4").decision == R.BLOCK  # BTC, NEW (P2), BNB: 3 of 3
 
 
 # Found by this model, fixed in b8f3442 (decide_plan blocks a rotation's close target).

@@ -278,29 +278,40 @@ def test_margin_gate_needs_an_account_and_blocks_above_the_cap(book):
     assert send(book, plan("p-3"), no_account, rl=off).reason == R.SLOTS_AVAILABLE
 
 
-def test_own_symbol_open_or_reserved_takes_no_new_slot(book):
-    mkt = market(*book_of(3))
-    d = send(book, plan("p-1", book_of(3)[0].symbol), mkt)
+def test_an_entry_for_an_open_symbol_takes_no_new_slot_but_holds_it(book):
+    held = book_of(3)[0].symbol
+    d = send(book, plan("p-1", held), market(*book_of(3)))
     assert (d.decision, d.reason) == (R.ALLOW, R.SLOT_ALREADY_HELD)
-    assert book.close_plans == [] and book.view.reservations == {}
+    assert book.close_plans == [] and book.view.reservations[held].plan_ids == ["p-1"]
+    # Closed before p-1 executes: p-1 will open it again, so its slot is not free.
+    d = send(book, plan("p-2", "NEWUSDT"), market(*book_of(3)[1:]))
+    assert d.reason != R.SLOTS_AVAILABLE and d.open_slots == 0
 
 
-def test_reservation_ends_on_a_failed_execution(book):
-    d = send(book, plan("p-1"), market())
-    book.feed(
-        [ResultIn("2-0", result("p-1", executed=False, reduce_only=False))],
-        market(),
-        rules(),
-        NOW_MS + 1,
-    )
-    assert d.reason == R.SLOTS_AVAILABLE and book.view.reservations == {}
+def test_an_entry_for_a_reserved_symbol_joins_the_reservation(book):
+    send(book, plan("p-1", "NEWUSDT"), market())
+    d = send(book, plan("p-2", "NEWUSDT"), market())
+    assert (d.decision, d.reason) == (R.ALLOW, R.SLOT_ALREADY_HELD)
+    assert book.view.reservations["NEWUSDT"].plan_ids == ["p-1", "p-2"]
 
 
-def test_reservation_ends_after_its_ttl_or_when_the_position_shows(book):
+@pytest.mark.parametrize("executed", [False, True])
+def test_a_holders_result_executed_or_not_ends_its_hold(book, executed):
+    send(book, plan("p-1"), market())
+    send(book, plan("p-2"), market())
+    done = [ResultIn("2-0", result("p-1", executed=executed, reduce_only=False))]
+    book.feed(done, market(), rules(), NOW_MS + 1)
+    assert book.view.reservations["NEWUSDT"].plan_ids == ["p-2"]
+    done = [ResultIn("2-1", result("p-2", executed=executed, reduce_only=False))]
+    book.feed(done, market(), rules(), NOW_MS + 2)
+    assert book.view.reservations == {}
+
+
+def test_reservation_ends_after_its_ttl_not_when_the_position_shows(book):
     send(book, plan("p-1", "NEWUSDT"), market(), rl=rules(reservation_ttl_s=60))
     send(book, plan("p-2", "BNBUSDT"), market(), rl=rules(reservation_ttl_s=60))
     book.feed([], market(position("BNBUSDT")), rules(), NOW_MS + 1)
-    assert set(book.view.reservations) == {"NEWUSDT"}
+    assert set(book.view.reservations) == {"BNBUSDT", "NEWUSDT"}
     book.feed([], market(), rules(), NOW_MS + 60_000)
     assert book.view.reservations == {}
 
@@ -325,6 +336,7 @@ def test_a_day_old_position_is_weaker_by_the_penalty():
 def test_threshold_keeps_a_stronger_entry(book):
     send(book, plan("p-0", "SOLUSDT", confidence=0.8), market(*book_of(2)))
     full = market(*book_of(2), position("SOLUSDT", -0.9))  # SOL is now the weakest
+    book.feed([ResultIn("1-1", result("p-0", reduce_only=False))], full, rules(), NOW_MS)
     weak = send(book, plan("p-1", "NEWUSDT", confidence=0.9), full, NOW_MS + 1)
     assert weak.reason == R.NO_ROTATION_CANDIDATE  # 0.9 < 1.15 × 0.8
     strong = send(book, plan("p-2", "NEWUSDT", confidence=0.93), full, NOW_MS + 2)
