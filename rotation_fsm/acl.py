@@ -1,4 +1,4 @@
-"""The least-privilege Redis ACL the engine needs (README "Security" quotes it).
+"""The least-privilege Redis ACL the engine needs (README "Reliability" quotes it).
 
 The commands are what the engine sends (listener, timer, loads, HTTP status)
 plus what `lua/commit.lua` calls inside the script: Redis checks a script's
@@ -7,6 +7,8 @@ namespace (per book: `{BOOK}:quantum:*`). A test runs the engine as this user.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 ENGINE_COMMANDS = (
     # streams: consume, claim, emit, acknowledge
@@ -71,3 +73,10 @@ def setuser_line(
 ) -> str:
     """The one-line `redis-cli ACL SETUSER …` command to run as an admin."""
     return "ACL SETUSER " + " ".join(setuser_args(user, password, books))
+
+
+def command(args: Any) -> int:
+    """`rotation-fsm acl [--user U] [--password P] [--books a,b]`: print the line."""
+    books = tuple(b.strip() for b in args.books.split(",") if b.strip()) or ("",)
+    print(setuser_line(args.user, args.password, books))
+    return 0

@@ -58,6 +58,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "resume": ("rotation_fsm.controls", "let entries through again"),
     "extend": ("rotation_fsm.controls", "move a rotation's deadline"),
     "abort": ("rotation_fsm.controls", "abort a rotation in flight"),
+    "acl": ("rotation_fsm.acl", "print the least-privilege ACL SETUSER line for the engine"),
 }
 
 
@@ -93,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     p["extend"].add_argument("rotation_id")
     p["extend"].add_argument("seconds", type=float)
     p["abort"].add_argument("rotation_id")
+    p["acl"].add_argument("--user", default="rotation-fsm")
+    p["acl"].add_argument("--password", default="CHANGE-ME")
+    p["acl"].add_argument(
+        "--books", default="", help="comma-separated books (GOV_BOOKS); empty: the bare names"
+    )
     return parser
 
 

@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 
 from rotation_fsm import reasons as R
-from rotation_fsm.acl import setuser_args
+from rotation_fsm.acl import setuser_args, setuser_line
 from tests.integration.harness import API_KEY, API_SECRET, Stack
 
 pytestmark = pytest.mark.timeout(60)
@@ -66,3 +66,15 @@ async def test_bad_credentials_never_show_the_secret(stack: Stack, caplog):
     produced += repr(await stack.redis.xrange(stack.keys.audit))
     assert API_SECRET not in produced and API_KEY not in produced
     assert "-1022" in produced  # the reason is there, the secret is not
+
+
+def test_the_readme_gives_the_acl_the_engine_is_tested_under(capsys) -> None:
+    from pathlib import Path
+
+    from rotation_fsm.cli import main
+
+    assert main(["acl"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed == setuser_line() and printed.startswith("ACL SETUSER rotation-fsm ")
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert f"\n{printed}\n" in readme  # the README's copy is the one the test runs
