@@ -269,7 +269,7 @@ class BookEngine:
 
     async def view(self) -> BookView:
         """The book's current state (no inputs): for status pages."""
-        return await self.store.load([], Market())
+        return await self.store.load([], Market(), whole=True)
 
 
 def describe(effect: Effect) -> str | None:

@@ -126,8 +126,19 @@ class Store:
 
     # ------------------------------------------------------------ load
 
-    async def load(self, inputs: Sequence[Input], market: Market) -> BookView:
-        """The view `inputs` need; the version is read before anything else."""
+    async def load(
+        self, inputs: Sequence[Input], market: Market, *, whole: bool | None = None
+    ) -> BookView:
+        """The view `inputs` need; the version is read before anything else.
+
+        Only an OPEN plan needs every rotation in flight (its close targets, the
+        symbols they wait to open, the concurrency cap). A batch without plans —
+        the timer's ticks, results, operator actions — loads just the rotations it
+        names, so its cost does not grow with the number in flight; `whole` forces
+        the full book (status pages).
+        """
+        if whole is None:
+            whole = any(isinstance(i, PlanIn) for i in inputs)
         k = self.keys
         plan_ids = sorted({i.plan.plan_id for i in inputs if isinstance(i, PlanIn)})
         close_ids = sorted(_close_ids_wanted(inputs, market))
@@ -136,9 +147,10 @@ class Store:
             pipe.get(k.version)
             pipe.hget(k.policy, "universe_symbols")
             pipe.hgetall(k.reservations)
-            pipe.smembers(k.inflight)
             pipe.hgetall(k.entry_confidence)
             pipe.hgetall(k.settings)
+            if whole:
+                pipe.smembers(k.inflight)
             # MGET through execute_command: redis-py's cluster pipeline refuses its
             # `mget()` method outright, though every key here shares the book's hash
             # tag (one slot), which is all Redis Cluster itself requires (issue #7).
@@ -149,8 +161,9 @@ class Store:
             if bad:
                 pipe.execute_command("MGET", *[k.dead(st, i) for st, i in bad])
             replies = await pipe.execute()
-        version, policy, reservations, inflight, confidence, live = replies[:6]
-        rest = iter(replies[6:])
+        version, policy, reservations, confidence, live = replies[:5]
+        rest = iter(replies[5:])
+        inflight = next(rest) if whole else set()
         plan_raw = next(rest) if plan_ids else []
         close_raw = next(rest) if close_ids else []
         dead_raw = next(rest) if bad else []
@@ -178,6 +191,9 @@ class Store:
         wanted = view.inflight | set(view.close_index.values())
         wanted |= {i.rotation_id for i in inputs if isinstance(i, Tick | Abort | Extend)}
         await self._load_rotations(view, sorted(wanted))
+        if not whole:
+            # The ones in flight among those loaded (what an audit seed then shows).
+            view.inflight = {r for r, rec in view.rotations.items() if rec.state in IN_FLIGHT}
         return view
 
     async def _load_rotations(self, view: BookView, rotation_ids: list[str]) -> None:

@@ -9,7 +9,7 @@ import fakeredis
 import pytest
 
 from rotation_fsm import reasons as R
-from rotation_fsm.decide import Market, PlanIn, ResultIn, decide_batch
+from rotation_fsm.decide import Market, PlanIn, ResultIn, Tick, decide_batch
 from rotation_fsm.keys import Keys
 from rotation_fsm.store import Store
 from tests.stubs import NOW_MS, UNIVERSE, book_of, market, plan, result, rules
@@ -122,3 +122,22 @@ async def test_a_rotation_end_keeps_the_waiting_plans_answered_entries(store):
     )
     assert [type(e).__name__ for e in effects] == ["Ack"]
     assert await store.redis.xlen(store.keys.decisions) == 2  # waiting, then complete
+
+
+async def test_only_a_batch_with_plans_loads_every_rotation_in_flight(store):
+    # Two rotations in flight (cap 2): each closes one of the three positions.
+    rl = rules(max_concurrent_rotations=2)
+    await decide_and_commit(
+        store, [PlanIn("1-0", plan("p-1", "NEWUSDT"))], market(*book_of(3)), rl=rl
+    )
+    await decide_and_commit(
+        store, [PlanIn("1-1", plan("p-2", "BNBUSDT"))], market(*book_of(3)), NOW_MS + 1, rl=rl
+    )
+    r, k = store.redis, store.keys
+    first, second = sorted(m.decode() for m in await r.smembers(k.inflight))
+    plans = await store.load([PlanIn("1-2", plan("p-3", "XRPUSDT"))], market(*book_of(3)))
+    assert set(plans.rotations) == plans.inflight == {first, second}
+    # The timer's tick for one of them reads that one, whatever else is in flight.
+    ticks = await store.load([Tick(first)], Market())
+    assert set(ticks.rotations) == ticks.inflight == {first}
+    assert set((await store.load([], Market(), whole=True)).rotations) == {first, second}
