@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import msgspec
 
 from .decide import BookView, Decided, Effect, Emit, Input
-from .messages import PlanRecord, Reservation, RotationRecord
+from .messages import Hold, PlanRecord, Reservation, RotationRecord
 from .settings import Rules
 from .snapshot import Market
 
@@ -30,6 +30,7 @@ class ViewSeed(msgspec.Struct, kw_only=True):
     plans: dict[str, PlanRecord]
     close_index: dict[str, str]
     entry_confidence: dict[str, float]
+    holds: dict[str, Hold] = {}  # the holds of the plans whose results the batch read
 
     def to_view(self) -> BookView:
         """A fresh `BookView` holding this seed (copies: the seed stays as recorded)."""
@@ -43,6 +44,7 @@ class ViewSeed(msgspec.Struct, kw_only=True):
             plans=copy.plans,
             close_index=copy.close_index,
             entry_confidence=copy.entry_confidence,
+            holds=copy.holds,
         )
 
 
@@ -86,6 +88,7 @@ def seed_of(view: BookView) -> ViewSeed:
         plans=view.plans,
         close_index=view.close_index,
         entry_confidence=view.entry_confidence,
+        holds=view.holds,
     )
     # Deep copy through the encoder: records are mutable structs the batch may replace.
     return msgspec.json.decode(_encode(seed), type=ViewSeed)

@@ -232,7 +232,8 @@ class _Occupancy:
     """The occupied symbols of one audited commit, kept up to date row by row."""
 
     opened: frozenset[str] | None  # None: no positions snapshot in this batch
-    reserved: dict[str, set[str]]  # symbol → the allowed plans on their way to it
+    reserved: dict[str, int]  # symbol → how many allowed entries hold it
+    holds: dict[str, str]  # plan id → the symbol it holds (those the batch can answer)
     targets: dict[str, str]  # rotation id → close symbol
 
     @classmethod
@@ -241,17 +242,19 @@ class _Occupancy:
         do in the engine."""
         positions = batch.market.positions
         opened = None if positions is None else frozenset(p.symbol for p in positions)
-        reserved = {
-            symbol: set(res.plan_ids)
-            for symbol, res in batch.seed.reservations.items()
-            if res.until_ms > batch.now_ms
+        live = {s: r for s, r in batch.seed.reservations.items() if r.until_ms > batch.now_ms}
+        reserved = {symbol: res.holders for symbol, res in live.items()}
+        holds = {
+            pid: h.symbol
+            for pid, h in batch.seed.holds.items()
+            if h.symbol in live and live[h.symbol].plan_id == h.made_by
         }
         targets = {
             rid: batch.seed.rotations[rid].close_symbol
             for rid in batch.seed.inflight
             if rid in batch.seed.rotations
         }
-        return cls(opened, reserved, targets)
+        return cls(opened, reserved, holds, targets)
 
     def symbols(self) -> set[str]:
         return set(self.opened or ()) | set(self.reserved) | set(self.targets.values())
@@ -259,14 +262,16 @@ class _Occupancy:
     def hold(self, symbol: str, plan_id: str) -> None:
         """An allowed entry is on its way to `symbol`: the slot is held until its result
         comes or the TTL ends — whichever plans already hold it."""
-        self.reserved.setdefault(symbol, set()).add(plan_id)
+        self.reserved[symbol] = self.reserved.get(symbol, 0) + 1
+        self.holds[plan_id] = symbol
 
     def answered(self, plan_id: str) -> None:
         """`plan_id`'s result came (executed: it is a position now; refused: nothing
         opens): its symbol is no longer held once no other plan holds it."""
-        for symbol, holders in list(self.reserved.items()):
-            holders.discard(plan_id)
-            if not holders:
+        symbol = self.holds.pop(plan_id, None)
+        if symbol in self.reserved:
+            self.reserved[symbol] -= 1
+            if self.reserved[symbol] <= 0:
                 del self.reserved[symbol]
 
 

@@ -23,6 +23,7 @@ from .messages import (
     ClosePlan,
     Decision,
     Event,
+    Hold,
     Plan,
     PlanRecord,
     Reservation,
@@ -167,12 +168,23 @@ class SavePlan(msgspec.Struct, frozen=True, tag="plan_record"):
 
 
 class Reserve(msgspec.Struct, frozen=True, tag="reserve"):
+    """Set `symbol`'s reservation; with a `holder`, that plan id joins it (its `Hold`
+    is kept until `hold_until_ms`)."""
+
     symbol: str
     reservation: Reservation
+    holder: str = ""
+    hold_until_ms: int = 0
 
 
 class Release(msgspec.Struct, frozen=True, tag="release"):
     symbol: str
+
+
+class Unhold(msgspec.Struct, frozen=True, tag="unhold"):
+    """`plan_id`'s result came: its hold is spent."""
+
+    plan_id: str
 
 
 class SetConfidence(msgspec.Struct, frozen=True, tag="confidence"):
@@ -194,6 +206,7 @@ Effect = (
     | SavePlan
     | Reserve
     | Release
+    | Unhold
     | SetConfidence
     | Ack
 )
@@ -209,6 +222,7 @@ class BookView:
     policy_raw: bytes | str | None = None
     settings_raw: dict[str, str] = field(default_factory=dict)
     reservations: dict[str, Reservation] = field(default_factory=dict)
+    holds: dict[str, Hold] = field(default_factory=dict)  # plan id → its hold (results')
     inflight: set[str] = field(default_factory=set)
     rotations: dict[str, RotationRecord] = field(default_factory=dict)
     plans: dict[str, PlanRecord] = field(default_factory=dict)
@@ -238,10 +252,14 @@ class BookView:
                     self.inflight.discard(rec.rotation_id)
             case SavePlan(record=rec):
                 self.plans[rec.plan_id] = rec
-            case Reserve(symbol=sym, reservation=res):
+            case Reserve(symbol=sym, reservation=res, holder=holder):
                 self.reservations[sym] = res
+                if holder:
+                    self.holds[holder] = Hold(symbol=sym, made_by=res.plan_id)
             case Release(symbol=sym):
                 self.reservations.pop(sym, None)
+            case Unhold(plan_id=plan_id):
+                self.holds.pop(plan_id, None)
             case SetConfidence(symbol=sym, confidence=value):
                 self.entry_confidence[sym] = value
             case DeadLetter(stream=stream, entry_id=entry_id):
@@ -443,23 +461,25 @@ def decide_plan(ctx: _Ctx) -> list[Effect]:
         # position is closed or netted flat before it executes, it opens the symbol
         # again, and that slot must still be counted (found by the chaos run).
         effects = _answer(ctx, R.ALLOW, R.SLOT_ALREADY_HELD, final=True)
-        effects.append(_reserve(plan, rules, ctx.now_ms, view.reservations.get(plan.symbol)))
+        effects.append(_hold(view, plan.symbol, plan.plan_id, rules, ctx.now_ms))
         return effects
     blocked = _correlation_block(ctx)
     if blocked is not None:
         return blocked
     if ctx.free > 0:
         effects = _answer(ctx, R.ALLOW, R.SLOTS_AVAILABLE, final=True)
-        effects.append(_reserve(plan, rules, ctx.now_ms))
+        effects.append(_hold(view, plan.symbol, plan.plan_id, rules, ctx.now_ms))
         return effects
     return _rotate_or_block(ctx)
 
 
-def _reserve(plan: Plan, rules: Rules, now_ms: int, held: Reservation | None = None) -> Reserve:
+def _hold(view: BookView, symbol: str, plan_id: str, rules: Rules, now_ms: int) -> Reserve:
+    """`plan_id` holds `symbol`'s slot until its result or its TTL: joining the
+    reservation already there, or making one."""
     until = now_ms + int(rules.reservation_ttl_s * 1000)
-    if held is not None:
-        return Reserve(plan.symbol, held.joined(plan.plan_id, until))
-    return Reserve(plan.symbol, Reservation(plan_id=plan.plan_id, until_ms=until))
+    held = view.reservations.get(symbol)
+    res = held.joined(until) if held else Reservation(plan_id=plan_id, until_ms=until)
+    return Reserve(symbol, res, holder=plan_id, hold_until_ms=until)
 
 
 def _correlation_block(ctx: _Ctx) -> list[Effect] | None:
@@ -620,22 +640,14 @@ def _end_decision(
     ]
 
 
-def _entry_reservation(done: RotationRecord, view: BookView, rules: Rules, now_ms: int) -> Reserve:
-    """The slot the rotation freed, now held for its entry (joined, if already held)."""
-    until = now_ms + int(rules.reservation_ttl_s * 1000)
-    held = view.reservations.get(done.new_symbol)
-    if held is not None:
-        return Reserve(done.new_symbol, held.joined(done.new_plan_id, until))
-    return Reserve(done.new_symbol, Reservation(plan_id=done.new_plan_id, until_ms=until))
-
-
 def _confirm(rec: RotationRecord, view: BookView, rules: Rules, now_ms: int) -> list[Effect]:
     done = _moved(rec, Trigger.CONFIRM, State.CONFIRMED, now_ms)
     effects: list[Effect] = [
         SaveRotation(done),
         Emit("events", to_fields(_event(R.EV_COMPLETE, done, now_ms))),
         *_end_decision(done, view, rules, R.ALLOW, R.ROTATION_COMPLETE, now_ms),
-        _entry_reservation(done, view, rules, now_ms),
+        # The slot the rotation freed, now held for its entry.
+        _hold(view, done.new_symbol, done.new_plan_id, rules, now_ms),
     ]
     if done.new_confidence is not None:
         effects.append(SetConfidence(done.new_symbol, done.new_confidence))
@@ -661,6 +673,18 @@ def _end_blocked(
     ]
 
 
+def _unhold(view: BookView, plan_id: str) -> list[Effect]:
+    """`plan_id`'s share of its symbol's reservation, given back (once: the hold goes)."""
+    hold = view.holds.get(plan_id)
+    if hold is None:
+        return []
+    res = view.reservations.get(hold.symbol)
+    if res is None or res.plan_id != hold.made_by:
+        return [Unhold(plan_id)]  # that reservation already ended (TTL); not this one's
+    rest = res.without_one()
+    return [Unhold(plan_id), Release(hold.symbol) if rest is None else Reserve(hold.symbol, rest)]
+
+
 def decide_result(result: Result, view: BookView, rules: Rules, now_ms: int) -> list[Effect]:
     """A result: confirm/reject/late-confirm a rotation, or end a reservation."""
     rotation_id = view.close_index.get(result.plan_id)
@@ -669,11 +693,7 @@ def decide_result(result: Result, view: BookView, rules: Rules, now_ms: int) -> 
         # An entry's result, executed or not, ends its hold on the slot: executed, the
         # exchange now shows the position (the snapshot is taken after the result is
         # read); not executed, nothing opens.
-        for symbol, res in sorted(view.reservations.items()):
-            if result.plan_id in res.plan_ids:
-                rest = res.without(result.plan_id)
-                return [Release(symbol) if rest is None else Reserve(symbol, rest)]
-        return []
+        return _unhold(view, result.plan_id)
     facts = {
         "executed": result.executed,
         "reduce_only": result.reduce_only,

@@ -110,6 +110,11 @@ class Keys:
         """String: JSON record of what was decided for a plan id."""
         return self.name(f"quantum:rotation:plan:{plan_id}")
 
+    def hold(self, plan_id: str) -> str:
+        """String: an allowed entry's `Hold` on its symbol's reservation, until its
+        result or its reservation TTL."""
+        return self.name(f"quantum:rotation:hold:{plan_id}")
+
     def dead(self, stream: str, entry_id: str) -> str:
         """String: marks an entry already dead-lettered (a redelivery writes nothing)."""
         return self.name(f"quantum:rotation:dead:{stream}:{entry_id}")

@@ -209,31 +209,40 @@ class ClosePlan(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Reservation(msgspec.Struct, frozen=True, kw_only=True):
-    """An allowed entry holding a slot until it shows up as a position (contract §3a).
+    """A symbol's slot held for allowed entries on their way (contract §3a, amended).
 
-    `also`: later plans allowed into the same symbol (`slot_already_held`). The slot
-    is held until the last of them has failed, not just the first.
+    `plan_id` is the entry that made it; `holders` counts every allowed entry holding
+    it (each has a `Hold` record naming this reservation). It ends when the last
+    holder's result came, or at `until_ms` (the latest holder's TTL). A count, not
+    a list: a burst of entries into one symbol must not make each commit rewrite
+    and each audit entry copy a list as long as the burst.
     """
 
     plan_id: str
     until_ms: int
-    also: list[str] = msgspec.field(default_factory=list)
+    holders: int = 1
 
-    @property
-    def plan_ids(self) -> list[str]:
-        return [self.plan_id, *self.also]
+    def joined(self, until_ms: int) -> Reservation:
+        """Held by one more entry, until the later of the two ends."""
+        return Reservation(
+            plan_id=self.plan_id, until_ms=max(self.until_ms, until_ms), holders=self.holders + 1
+        )
 
-    def joined(self, plan_id: str, until_ms: int) -> Reservation:
-        """This reservation also held by `plan_id`, until the later of the two ends."""
-        also = self.also if plan_id in self.plan_ids else [*self.also, plan_id]
-        return Reservation(plan_id=self.plan_id, until_ms=max(self.until_ms, until_ms), also=also)
-
-    def without(self, plan_id: str) -> Reservation | None:
-        """This reservation once `plan_id`'s result came; None when nobody holds it any more."""
-        rest = [p for p in self.plan_ids if p != plan_id]
-        if not rest:
+    def without_one(self) -> Reservation | None:
+        """Once one holder's result came; None when nobody holds it any more."""
+        if self.holders <= 1:
             return None
-        return Reservation(plan_id=rest[0], until_ms=self.until_ms, also=rest[1:])
+        return Reservation(plan_id=self.plan_id, until_ms=self.until_ms, holders=self.holders - 1)
+
+
+class Hold(msgspec.Struct, frozen=True, kw_only=True):
+    """One allowed entry's hold on a reservation: `symbol`'s, the one `made_by` made.
+
+    Kept under the entry's plan id until its TTL, so its result can release exactly
+    its own share — and never a later reservation of the same symbol."""
+
+    symbol: str
+    made_by: str
 
 
 class PlanRecord(msgspec.Struct, kw_only=True):
@@ -320,6 +329,7 @@ def rotation_from_hash(raw: dict[bytes, bytes] | dict[str, str]) -> RotationReco
 
 plan_record_decoder = msgspec.json.Decoder(PlanRecord)
 reservation_decoder = msgspec.json.Decoder(Reservation)
+hold_decoder = msgspec.json.Decoder(Hold)
 
 
 def encode_json(value: Any) -> str:

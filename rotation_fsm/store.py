@@ -39,14 +39,17 @@ from .decide import (
     SaveRotation,
     SetConfidence,
     Tick,
+    Unhold,
 )
 from .keys import BLOCK_TTL_S, PERMIT_TTL_S, Keys
 from .machine import IN_FLIGHT
 from .messages import (
     BadEntry,
+    Hold,
     Reservation,
     RotationRecord,
     encode_json,
+    hold_decoder,
     plan_record_decoder,
     reservation_decoder,
     rotation_from_hash,
@@ -143,6 +146,7 @@ class Store:
         plan_ids = sorted({i.plan.plan_id for i in inputs if isinstance(i, PlanIn)})
         close_ids = sorted(_close_ids_wanted(inputs, market))
         bad = sorted({(i.stream, i.entry_id) for i in inputs if isinstance(i, BadIn)})
+        answered = sorted({i.result.plan_id for i in inputs if isinstance(i, ResultIn)})
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(k.version)
             pipe.hget(k.policy, "universe_symbols")
@@ -160,6 +164,8 @@ class Store:
                 pipe.execute_command("MGET", *[k.close_index(c) for c in close_ids])
             if bad:
                 pipe.execute_command("MGET", *[k.dead(st, i) for st, i in bad])
+            if answered:
+                pipe.execute_command("MGET", *[k.hold(p) for p in answered])
             replies = await pipe.execute()
         version, policy, reservations, confidence, live = replies[:5]
         rest = iter(replies[5:])
@@ -167,6 +173,7 @@ class Store:
         plan_raw = next(rest) if plan_ids else []
         close_raw = next(rest) if close_ids else []
         dead_raw = next(rest) if bad else []
+        hold_raw = next(rest) if answered else []
         view = BookView(
             version=int(version or 0),
             policy_raw=policy,
@@ -185,6 +192,11 @@ class Store:
                 k.decode(errors="replace"): v.decode(errors="replace") for k, v in live.items()
             },
         )
+        view.holds = {
+            pid: hold_decoder.decode(raw)
+            for pid, raw in zip(answered, hold_raw, strict=True)
+            if raw is not None
+        }
         view.dead_lettered = {
             f"{st}:{i}" for (st, i), raw in zip(bad, dead_raw, strict=True) if raw is not None
         }
@@ -282,10 +294,15 @@ class Store:
                 ops.add("SREM", k.inflight, rid)
             case SavePlan(record=rec):
                 ops.add("SET", k.plan(rec.plan_id), encode_json(rec), "PX", self.retention_ms)
-            case Reserve(symbol=sym, reservation=res):
+            case Reserve(symbol=sym, reservation=res, holder=holder, hold_until_ms=until):
                 ops.add("HSET", k.reservations, sym, encode_json(res))
+                if holder:
+                    hold = Hold(symbol=sym, made_by=res.plan_id)
+                    ops.add("SET", k.hold(holder), encode_json(hold), "PX", max(1, until - now_ms))
             case Release(symbol=sym):
                 ops.add("HDEL", k.reservations, sym)
+            case Unhold(plan_id=plan_id):
+                ops.add("DEL", k.hold(plan_id))
             case SetConfidence(symbol=sym, confidence=value):
                 ops.add("HSET", k.entry_confidence, sym, repr(value))
             case Ack():

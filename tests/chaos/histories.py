@@ -13,7 +13,7 @@ from typing import Any
 from rotation_fsm.audit import AuditBatch, ViewSeed
 from rotation_fsm.chaos import Entry, History
 from rotation_fsm.decide import Input, PlanIn, ResultIn, Tick
-from rotation_fsm.messages import PlanRecord, Reservation, RotationRecord
+from rotation_fsm.messages import Hold, PlanRecord, Reservation, RotationRecord
 from rotation_fsm.regime import Regime, RegimeReading
 from rotation_fsm.settings import Rules
 from rotation_fsm.snapshot import Market
@@ -83,7 +83,8 @@ def batch(
     version: int = 1,
 ) -> AuditBatch:
     """An audited commit. `regimes` defaults to BASE (2 slots) for every plan symbol;
-    `reservations` maps symbol → (plan id or ids, until ms); `rotations` are in the seed (the
+    `reservations` maps symbol → (holder plan id or ids, until ms: each gets its hold, the
+    first made it); `rotations` are in the seed (the
     ones in flight count as in flight); `final_plans` have a final ALLOW record."""
     symbols = {i.plan.symbol for i in inputs if isinstance(i, PlanIn)}
     regimes = regimes or dict.fromkeys(symbols, "BASE")
@@ -95,7 +96,13 @@ def batch(
         version=version,
         policy_raw=None,
         reservations={
-            s: _reservation(holders, until) for s, (holders, until) in (reservations or {}).items()
+            s: Reservation(plan_id=_holder_ids(h)[0], until_ms=until, holders=len(_holder_ids(h)))
+            for s, (h, until) in (reservations or {}).items()
+        },
+        holds={
+            pid: Hold(symbol=s, made_by=_holder_ids(h)[0])
+            for s, (h, _) in (reservations or {}).items()
+            for pid in _holder_ids(h)
         },
         rotations={r.rotation_id: r for r in rotations},
         inflight=[r.rotation_id for r in rotations if r.state in ("LOCKED", "CLOSE_EMITTED")],
@@ -116,9 +123,8 @@ def batch(
     )
 
 
-def _reservation(holders: str | Sequence[str], until_ms: int) -> Reservation:
-    first, *also = [holders] if isinstance(holders, str) else holders
-    return Reservation(plan_id=first, until_ms=until_ms, also=also)
+def _holder_ids(holders: str | Sequence[str]) -> list[str]:
+    return [holders] if isinstance(holders, str) else list(holders)
 
 
 def decision(plan_id: str, verdict: str, reason: str, entry_id: str = "", **extra: str) -> Entry:

@@ -282,7 +282,7 @@ def test_an_entry_for_an_open_symbol_takes_no_new_slot_but_holds_it(book):
     held = book_of(3)[0].symbol
     d = send(book, plan("p-1", held), market(*book_of(3)))
     assert (d.decision, d.reason) == (R.ALLOW, R.SLOT_ALREADY_HELD)
-    assert book.close_plans == [] and book.view.reservations[held].plan_ids == ["p-1"]
+    assert book.close_plans == [] and book.view.reservations[held].holders == 1
     # Closed before p-1 executes: p-1 will open it again, so its slot is not free.
     d = send(book, plan("p-2", "NEWUSDT"), market(*book_of(3)[1:]))
     assert d.reason != R.SLOTS_AVAILABLE and d.open_slots == 0
@@ -292,7 +292,8 @@ def test_an_entry_for_a_reserved_symbol_joins_the_reservation(book):
     send(book, plan("p-1", "NEWUSDT"), market())
     d = send(book, plan("p-2", "NEWUSDT"), market())
     assert (d.decision, d.reason) == (R.ALLOW, R.SLOT_ALREADY_HELD)
-    assert book.view.reservations["NEWUSDT"].plan_ids == ["p-1", "p-2"]
+    res = book.view.reservations["NEWUSDT"]
+    assert (res.plan_id, res.holders) == ("p-1", 2)
 
 
 @pytest.mark.parametrize("executed", [False, True])
@@ -301,7 +302,7 @@ def test_a_holders_result_executed_or_not_ends_its_hold(book, executed):
     send(book, plan("p-2"), market())
     done = [ResultIn("2-0", result("p-1", executed=executed, reduce_only=False))]
     book.feed(done, market(), rules(), NOW_MS + 1)
-    assert book.view.reservations["NEWUSDT"].plan_ids == ["p-2"]
+    assert book.view.reservations["NEWUSDT"].holders == 1
     done = [ResultIn("2-1", result("p-2", executed=executed, reduce_only=False))]
     book.feed(done, market(), rules(), NOW_MS + 2)
     assert book.view.reservations == {}
@@ -387,3 +388,23 @@ def test_a_plan_for_the_symbol_being_rotated_out_waits(book):
     d = send(book, plan("planCCCC-3", rot.close_symbol), mkt, NOW_MS + 10)
     assert (d.decision, d.reason) == (R.BLOCK, R.ROTATION_IN_PROGRESS)
     assert not book.view.plans["planCCCC-3"].final
+
+
+def test_a_late_result_of_an_expired_reservation_leaves_the_next_one_alone(book):
+    send(book, plan("p-1", "NEWUSDT"), market(), rl=rules(reservation_ttl_s=60))
+    book.feed([], market(), rules(), NOW_MS + 60_000)  # p-1's reservation ran out
+    assert book.view.reservations == {}
+    send(book, plan("p-2", "NEWUSDT"), market(), NOW_MS + 60_001)
+    late = [ResultIn("3-0", result("p-1", executed=False, reduce_only=False))]
+    book.feed(late, market(), rules(), NOW_MS + 60_002)
+    res = book.view.reservations["NEWUSDT"]
+    assert (res.plan_id, res.holders) == ("p-2", 1)
+
+
+def test_a_redelivered_result_gives_its_share_back_once(book):
+    send(book, plan("p-1"), market())
+    send(book, plan("p-2"), market())
+    done = [ResultIn("2-0", result("p-1", executed=False, reduce_only=False))]
+    book.feed(done, market(), rules(), NOW_MS + 1)
+    book.feed(done, market(), rules(), NOW_MS + 2)  # the same entry again
+    assert book.view.reservations["NEWUSDT"].holders == 1

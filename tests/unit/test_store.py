@@ -141,3 +141,20 @@ async def test_only_a_batch_with_plans_loads_every_rotation_in_flight(store):
     ticks = await store.load([Tick(first)], Market())
     assert set(ticks.rotations) == ticks.inflight == {first}
     assert set((await store.load([], Market(), whole=True)).rotations) == {first, second}
+
+
+async def test_a_burst_into_one_symbol_keeps_its_reservation_small(store):
+    # Each entry holds the slot through a key of its own: the reservation itself stays
+    # one small record however many entries join it (no list rewritten per commit).
+    for i in range(50):
+        await decide_and_commit(store, [PlanIn(f"1-{i}", plan(f"p-{i}"))], market(), NOW_MS + i)
+    r, k = store.redis, store.keys
+    body = json.loads(await r.hget(k.reservations, "NEWUSDT"))
+    assert body == {"plan_id": "p-0", "until_ms": NOW_MS + 49 + 60_000, "holders": 50}
+    hold = json.loads(await r.get(k.hold("p-49")))
+    assert hold == {"symbol": "NEWUSDT", "made_by": "p-0"}
+    assert 0 < await r.pttl(k.hold("p-49")) <= 60_000
+    done = [ResultIn("2-0", result("p-49", executed=True, reduce_only=False))]
+    await decide_and_commit(store, done, Market(), NOW_MS + 100)
+    assert json.loads(await r.hget(k.reservations, "NEWUSDT"))["holders"] == 49
+    assert await r.get(k.hold("p-49")) is None
