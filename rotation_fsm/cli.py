@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     _range(p["replay"])
     p["explain"].add_argument("id", metavar="PLAN_ID|ROTATION_ID")
     p["status"].add_argument("--window", type=float, default=3600.0, help="seconds")
-    p["diagram"].add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+    p["diagram"].add_argument("--format", choices=["mermaid", "dot", "svg"], default="mermaid")
     for name in ("set", "settings", "pause", "resume", "extend", "abort"):
         _redis(p[name])
         _book(p[name])

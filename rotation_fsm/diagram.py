@@ -1,7 +1,8 @@
 """Diagrams of the rotation machine, generated from `machine.TRANSITIONS` alone.
 
-`render` gives the whole machine as Mermaid (`stateDiagram-v2`, renders on GitHub)
-or Graphviz DOT; `render_path` gives the same text with one rotation's path
+`render` gives the whole machine as Mermaid (`stateDiagram-v2`, renders on GitHub),
+Graphviz DOT or a self-contained SVG (laid out here: the web console draws it with
+no script and no CDN); `render_path` gives the same with one rotation's path
 highlighted. Both are plain string building — no graphviz, no GraphMachine — so
 the output is byte-identical across runs and machines. The checked-in copies in
 `diagrams/` are regenerated with `python -m rotation_fsm.diagram --write diagrams/`.
@@ -20,8 +21,8 @@ from pathlib import Path
 
 from .machine import FINAL, TRANSITIONS, State
 
-FORMATS = ("mermaid", "dot")
-FILE_NAMES = {"mermaid": "rotation.mmd", "dot": "rotation.dot"}
+FORMATS = ("mermaid", "dot", "svg")
+FILE_NAMES = {"mermaid": "rotation.mmd", "dot": "rotation.dot", "svg": "rotation.svg"}
 README_NAME = "README.md"
 
 # Highlight colours: amber for the path taken, red for where the rotation is now.
@@ -223,6 +224,137 @@ def _dot(marks: _Marks) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------- svg
+
+_BOX_W, _BOX_H, _COL_W, _ROW_H, _PAD = 150, 40, 210, 78, 24
+# Presentation attributes, not <style>: a page with a strict CSP (style-src 'self')
+# still draws them, and its stylesheet may override them by class.
+_TEXT = 'font-family="Helvetica, Arial, sans-serif" font-size="10" fill="#334155"'
+
+
+def _columns() -> dict[State, int]:
+    """Each state's column: its longest distance from IDLE (self-loops ignored), so
+    every edge runs left to right and the final states share the last column."""
+    rank = dict.fromkeys(State, 0)
+    for _ in State:  # longest path in a DAG: relax |V| times
+        for e in table_edges():
+            if e.source != e.dest:
+                rank[e.dest] = max(rank[e.dest], rank[e.source] + 1)
+    return rank
+
+
+def _layout() -> dict[State, tuple[float, float]]:
+    """Top-left corner of each state's box; a column's boxes are centred vertically."""
+    cols = _columns()
+    tallest = max(sum(1 for c in cols.values() if c == col) for col in set(cols.values()))
+    out: dict[State, tuple[float, float]] = {}
+    for col in sorted(set(cols.values())):
+        members = [s for s in State if cols[s] == col]
+        top = _PAD + 22 + (tallest - len(members)) * _ROW_H / 2
+        for i, state in enumerate(members):
+            out[state] = (_PAD + col * _COL_W, top + i * _ROW_H)
+    return out
+
+
+def _svg_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+_Spot = dict[State, tuple[float, float]]
+
+
+def _svg_path(edge: Edge, at: _Spot, floor: float) -> tuple[str, float, float, str]:
+    """The edge's path, and where its label goes (x, y, anchor)."""
+    sx, sy = at[edge.source]
+    if edge.source == edge.dest:  # a loop over the top of the box
+        x0, x1 = sx + _BOX_W * 0.3, sx + _BOX_W * 0.7
+        d = f"M{x0:.0f},{sy:.0f} C{x0:.0f},{sy - 34:.0f} {x1:.0f},{sy - 34:.0f} {x1:.0f},{sy:.0f}"
+        return d, sx + _BOX_W * 0.7 + 6, sy - 22, "start"
+    dx, dy = at[edge.dest]
+    x0, y0 = sx + _BOX_W, sy + _BOX_H / 2
+    x1, y1 = dx, dy + _BOX_H / 2
+    if dx - sx > _COL_W:  # skips a column: round under the boxes between
+        bend = f"C{x0 + 60:.0f},{floor:.0f} {x1 - 90:.0f},{floor:.0f}"
+        d = f"M{x0:.0f},{y0:.0f} {bend} {x1:.0f},{y1:.0f}"
+        return d, x1 - 12, y1 + 16, "end"
+    mid = (x0 + x1) / 2
+    d = f"M{x0:.0f},{y0:.0f} C{mid:.0f},{y0:.0f} {mid:.0f},{y1:.0f} {x1:.0f},{y1:.0f}"
+    return d, x1 - 8, y1 - 6, "end"
+
+
+def _svg_edges(marks: _Marks, at: _Spot, floor: float) -> list[str]:
+    """Every edge; a label two edges into one state share is written once."""
+    out: list[str] = []
+    labelled: set[tuple[State, str]] = set()
+    for edge in table_edges():
+        marked = edge in marks.edges
+        css = "edge onpath" if marked else "edge"
+        line = _PATH_LINE if marked else "#475569"
+        paint = f'fill="none" stroke="{line}" stroke-width="{2.5 if marked else 1.2}"'
+        d, lx, ly, anchor = _svg_path(edge, at, floor)
+        out.append(f'<path class="{css}" d="{d}" {paint} marker-end="url(#arrow)"/>')
+        if (edge.dest, edge.label) in labelled:
+            continue
+        labelled.add((edge.dest, edge.label))
+        out.append(
+            f'<text class="label" x="{lx:.0f}" y="{ly:.0f}" text-anchor="{anchor}" {_TEXT}>'
+            f"{_svg_escape(edge.label)}</text>"
+        )
+    return out
+
+
+def _svg_paint(state: State, marks: _Marks) -> tuple[str, str, float]:
+    if state is marks.current:
+        return _CURRENT_FILL, _CURRENT_LINE, 3
+    if state in marks.states:
+        return _PATH_FILL, _PATH_LINE, 2
+    return "#f8fafc", "#475569", 1.2
+
+
+def _svg(marks: _Marks) -> str:
+    """States as boxes (finals with a double border), edges with their trigger and
+    guards; classes `state`, `final`, `onpath`, `current`, `edge` for a stylesheet."""
+    at = _layout()
+    floor = max(y for _, y in at.values()) + _BOX_H + 14  # where skipping edges run
+    width = max(x for x, _ in at.values()) + _BOX_W + _PAD + 230  # loop labels go right
+    height = floor + _PAD
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="machine" viewBox="0 0 {width:.0f} '
+        f'{height:.0f}" width="{width:.0f}" height="{height:.0f}" role="img" '
+        'aria-label="rotation state machine">',
+        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="9" '
+        'markerHeight="9" markerUnits="userSpaceOnUse" orient="auto-start-reverse">'
+        '<path d="M0,0 L10,5 L0,10 z" fill="#475569"/></marker>'
+        "</defs>",
+    ]
+    out += _svg_edges(marks, at, floor)
+    for state in State:
+        x, y = at[state]
+        css = ["state"]
+        css += ["final"] if state in FINAL else []
+        css += ["current"] if state is marks.current else []
+        css += ["onpath"] if state in marks.states else []
+        out.append(f'<g class="{" ".join(css)}" data-state="{state.value}">')
+        fill, line, width = _svg_paint(state, marks)
+        box = f'fill="{fill}" stroke="{line}" stroke-width="{width}"'
+        out.append(
+            f'<rect x="{x:.0f}" y="{y:.0f}" width="{_BOX_W}" height="{_BOX_H}" rx="8" {box}/>'
+        )
+        if state in FINAL:
+            out.append(
+                f'<rect class="inner" x="{x + 3:.0f}" y="{y + 3:.0f}" width="{_BOX_W - 6}" '
+                f'height="{_BOX_H - 6}" rx="6" fill="none" stroke="{line}" stroke-width="1"/>'
+            )
+        out.append(
+            f'<text x="{x + _BOX_W / 2:.0f}" y="{y + _BOX_H / 2 + 4:.0f}" '
+            'text-anchor="middle" font-family="Helvetica, Arial, sans-serif" font-size="12" '
+            f'font-weight="600" fill="#0f172a">{state.value}</text>'
+        )
+        out.append("</g>")
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
 # ---------------------------------------------------------------- public
 
 
@@ -231,6 +363,8 @@ def _draw(fmt: str, marks: _Marks) -> str:
         return _mermaid(marks)
     if fmt == "dot":
         return _dot(marks)
+    if fmt == "svg":
+        return _svg(marks)
     raise ValueError(f"unknown diagram format {fmt!r} (known: {', '.join(FORMATS)})")
 
 
@@ -295,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--write",
         metavar="DIR",
         type=Path,
-        help="write rotation.mmd, rotation.dot and README.md's diagram in DIR",
+        help="write rotation.mmd, rotation.dot, rotation.svg and README.md's diagram in DIR",
     )
     args = parser.parse_args(argv)
     if args.write is None:
@@ -307,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def command(args: argparse.Namespace) -> int:
-    """`rotation-fsm diagram --format mermaid|dot`."""
+    """`rotation-fsm diagram --format mermaid|dot|svg`."""
     sys.stdout.write(render(args.format))
     return 0
 

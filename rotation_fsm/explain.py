@@ -757,6 +757,8 @@ def _flight_json(rec: RotationRecord, now_ms: int) -> dict[str, Any]:
         "created": iso_ms(rec.created_ms),
         "deadline": iso_ms(rec.deadline_ms),
         "to_deadline_s": round((rec.deadline_ms - now_ms) / 1000, 3),
+        "created_ms": rec.created_ms,
+        "deadline_ms": rec.deadline_ms,
     }
 
 
@@ -803,6 +805,15 @@ async def _slots(
         "in_flight": len(in_flight),
         "max_concurrent_rotations": batch.rules.max_concurrent_rotations,
         "readings": readings,
+        "positions": [
+            {
+                "symbol": p.symbol,
+                "pnl_pct": p.pnl_pct,
+                "weakness": p.weakness(batch.now_ms),
+                "amount": p.position_amt,
+            }
+            for p in sorted(batch.market.positions or [], key=lambda p: p.symbol)
+        ],
     }
 
 

@@ -13,7 +13,7 @@ from rotation_fsm.machine import FINAL, State, edges
 
 DIAGRAMS = Path(__file__).resolve().parents[2] / "diagrams"
 REGENERATE = "regenerate with: python -m rotation_fsm.diagram --write diagrams/"
-FORMATS = ["mermaid", "dot"]
+FORMATS = ["mermaid", "dot", "svg"]
 
 
 def _mermaid_blocks(markdown: str) -> list[str]:
@@ -157,7 +157,7 @@ def test_render_path_is_deterministic():
         )
 
 
-@pytest.mark.parametrize("fmt", ["svg", "", "Mermaid", "graphviz"])
+@pytest.mark.parametrize("fmt", ["png", "", "Mermaid", "graphviz"])
 def test_unknown_format_raises(fmt):
     with pytest.raises(ValueError, match=repr(fmt)):
         diagram.render(fmt)
@@ -185,3 +185,42 @@ def test_write_regenerates_files_and_readme_block(tmp_path):
     readme = (tmp_path / "README.md").read_text()
     assert _mermaid_blocks(readme) == [diagram.render("mermaid")]
     assert readme.endswith("```\n\ntext\n")
+
+
+def _svg_states(svg: str) -> dict[str, str]:
+    """data-state → the class list of its group."""
+    return dict(
+        (m.group(2), m.group(1))
+        for m in re.finditer(r'<g class="([^"]*)" data-state="(\w+)">', svg)
+    )
+
+
+def test_the_svg_draws_every_state_and_edge_of_the_machine():
+    import xml.etree.ElementTree as ET
+
+    svg = diagram.render("svg")
+    ET.fromstring(svg)  # well-formed
+    assert set(_svg_states(svg)) == {s.value for s in State}
+    finals = {s for s, css in _svg_states(svg).items() if "final" in css.split()}
+    assert finals == {s.value for s in FINAL}
+    assert svg.count('<path class="edge') == len(diagram.table_edges())
+    assert "onpath" not in svg and "current" not in svg
+
+
+def test_the_svg_highlights_a_rotations_path_and_state():
+    svg = diagram.render_path("svg", ["IDLE", "CLOSE_EMITTED", "TIMED_OUT"], "TIMED_OUT")
+    states = _svg_states(svg)
+    assert states["TIMED_OUT"].split() == ["state", "final", "current"]
+    assert {s for s, css in states.items() if "onpath" in css} == {
+        "IDLE",
+        "LOCKED",
+        "CLOSE_EMITTED",
+    }
+    # lock, emit_close and timeout are drawn on the path, nothing else.
+    assert svg.count('<path class="edge onpath"') == 3
+
+
+def test_the_svg_needs_no_style_element_or_script():
+    # The console's CSP (style-src 'self', script-src 'self') must not block it.
+    svg = diagram.render("svg")
+    assert "<style" not in svg and "<script" not in svg and "style=" not in svg
