@@ -1,4 +1,5 @@
-"""The engine's HTTP face: /healthz, /readyz, /metrics, /rotations (loopback by default)."""
+"""The engine's HTTP face: /healthz, /readyz, /metrics, /rotations, the operator API and
+the web console at / (loopback by default)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from .machine import IN_FLIGHT
 from .metrics import Metrics
 from .settings import SettingError
 from .store import Store
+from .web.routes import add_console_routes
 
 
 @dataclass
@@ -191,4 +193,5 @@ def make_app(
     app.router.add_post("/api/resume", _handler("resume"))
     app.router.add_post("/api/rotations/{rotation_id}/abort", _handler("abort"))
     app.router.add_post("/api/rotations/{rotation_id}/extend", _handler("extend"))
+    add_console_routes(app, health.stores, controls=bool(token))
     return app

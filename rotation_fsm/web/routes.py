@@ -1,0 +1,135 @@
+"""The web console's routes on the engine's HTTP server (loopback by default).
+
+Pages: `/`, `/rotation/{id}` and `/plan/{id}` all serve one static page that routes
+on its path; its script reads the JSON below and listens to `/api/console/events`.
+The console only reads. Its abort button calls the token-guarded
+`POST /api/rotations/{id}/abort` of `http.py` with the token the operator typed
+(kept in the tab's sessionStorage); without it the console is read-only.
+
+Every response of the app carries a strict Content-Security-Policy: only this
+server's own script, stylesheet and connections; no inline script or style.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from ..keys import Keys
+from ..store import AnyRedis, Store
+from .live import Hub, sse_messages
+from .state import console_state, console_story
+
+STATIC = Path(str(resources.files("rotation_fsm.web").joinpath("static")))
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+HUB = web.AppKey("console_hub", Hub)
+STORES = web.AppKey("console_stores", dict[str, Store])
+CONTROLS_ON = web.AppKey("console_controls_on", bool)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # errors carry the headers too
+        exc.headers.update(SECURITY_HEADERS)
+        raise
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _book(request: web.Request) -> tuple[AnyRedis, Keys]:
+    stores = request.app[STORES]
+    name = request.query.get("book", next(iter(stores), ""))
+    store = stores.get(name)
+    if store is None:
+        raise web.HTTPNotFound(text=f"no book {name!r}")
+    return store.redis, store.keys
+
+
+async def page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def books(request: web.Request) -> web.Response:
+    return web.json_response(
+        {"books": list(request.app[STORES]), "controls": request.app[CONTROLS_ON]}
+    )
+
+
+async def _json_or_503(make: Callable[[], Awaitable[Any]]) -> web.Response:
+    try:
+        body = await make()
+    except RedisError as exc:
+        return web.json_response({"error": f"redis unavailable: {exc}"}, status=503)
+    if body is None:
+        return web.json_response({"error": "unknown plan or rotation id"}, status=404)
+    return web.json_response(body)
+
+
+async def state(request: web.Request) -> web.Response:
+    redis, keys = _book(request)
+    return await _json_or_503(lambda: console_state(redis, keys, _now_ms()))
+
+
+async def story(request: web.Request) -> web.Response:
+    redis, keys = _book(request)
+    some_id = request.match_info["some_id"]
+    return await _json_or_503(lambda: console_story(redis, keys, some_id))
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    response.headers.update(SECURITY_HEADERS)
+    await response.prepare(request)
+    async for chunk in sse_messages(request.app[HUB]):
+        try:
+            await response.write(chunk)
+        except ConnectionResetError:
+            break
+    return response
+
+
+async def _close_hub(app: web.Application) -> None:
+    await app[HUB].close()
+
+
+def add_console_routes(app: web.Application, stores: dict[str, Store], *, controls: bool) -> None:
+    """Mount the console on `app`; `controls`: an HTTP token is configured (the abort
+    button is offered; the token itself is never sent to the page)."""
+    app[STORES] = stores
+    app[HUB] = Hub(stores)
+    app[CONTROLS_ON] = controls
+    app.middlewares.append(security_headers)
+    app.on_shutdown.append(_close_hub)
+    app.router.add_get("/", page)
+    app.router.add_get("/rotation/{some_id}", page)
+    app.router.add_get("/plan/{some_id}", page)
+    app.router.add_static("/console/static", STATIC, append_version=False)
+    app.router.add_get("/api/console/books", books)
+    app.router.add_get("/api/console/state", state)
+    app.router.add_get("/api/console/story/{some_id}", story)
+    app.router.add_get("/api/console/events", events)

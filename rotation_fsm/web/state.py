@@ -1,0 +1,156 @@
+"""What the web console shows, read from one book's Redis state (JSON-ready dicts).
+
+Built on `explain.status` and `explain.explain` — the same numbers and sentences
+the CLI prints — plus what only a screen needs: slot cells, finished rotations of
+the last hour and recent decisions with their latency.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..diagram import render_path
+from ..explain import explain, status
+from ..keys import Keys
+from ..messages import RotationRecord, rotation_from_hash
+from ..store import AnyRedis
+
+HOUR_S = 3600.0
+RECENT_DECISIONS = 200
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def entry_ms(entry_id: str) -> int:
+    """The milliseconds part of a stream entry id (Redis's clock); 0 if not one."""
+    head = entry_id.split("-", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+def slot_cells(slots: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One cell per desired slot (more if over): open positions, weakest first, then
+    entries in flight (reserved, not open), then symbols being closed, then free."""
+    if slots is None or slots.get("desired") is None:
+        return []
+    positions = {p["symbol"]: p for p in slots.get("positions", [])}
+    opened = sorted(slots["open"], key=lambda s: -positions.get(s, {}).get("weakness", 0.0))
+    cells: list[dict[str, Any]] = []
+    targets = set(slots["rotation_targets"])
+    for symbol in opened:
+        p = positions.get(symbol, {})
+        kind = "closing" if symbol in targets else "open"
+        pnl, weakness = p.get("pnl_pct"), p.get("weakness")
+        cells.append({"kind": kind, "symbol": symbol, "pnl_pct": pnl, "weakness": weakness})
+    for symbol in sorted(set(slots["reserved"]) - set(opened)):
+        cells.append({"kind": "inflight", "symbol": symbol})
+    for symbol in sorted(targets - set(opened) - set(slots["reserved"])):
+        cells.append({"kind": "closing", "symbol": symbol})
+    cells += [{"kind": "free"} for _ in range(max(0, slots["desired"] - len(cells)))]
+    for i, cell in enumerate(cells):
+        cell["over"] = i >= slots["desired"]
+    return cells
+
+
+def _decision_row(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    plan_entry = fields.get("entry_id", "")
+    latency = entry_ms(entry_id) - entry_ms(plan_entry) if plan_entry else None
+    return {
+        "id": entry_id,
+        "time_ms": entry_ms(entry_id),
+        "plan_id": fields.get("plan_id", ""),
+        "symbol": fields.get("symbol", ""),
+        "decision": fields.get("decision", ""),
+        "reason": fields.get("reason", ""),
+        "rotation_id": fields.get("rotation_id", ""),
+        "latency_ms": latency if latency is not None and latency >= 0 else None,
+    }
+
+
+async def recent_decisions(redis: AnyRedis, keys: Keys, count: int) -> list[dict[str, Any]]:
+    """The newest `count` decisions, newest first."""
+    rows = await redis.xrevrange(keys.decisions, count=count)
+    return [
+        _decision_row(_text(eid), {_text(k): _text(v) for k, v in fields.items()})
+        for eid, fields in rows
+    ]
+
+
+def _finished_row(rec: RotationRecord) -> dict[str, Any]:
+    return {
+        "rotation_id": rec.rotation_id,
+        "state": rec.state,
+        "close_symbol": rec.close_symbol,
+        "new_symbol": rec.new_symbol,
+        "new_plan_id": rec.new_plan_id,
+        "created_ms": rec.created_ms,
+        "ended_ms": rec.ended_ms,
+    }
+
+
+async def finished_rotations(
+    redis: AnyRedis, keys: Keys, now_ms: int, window_s: float
+) -> list[dict[str, Any]]:
+    """Rotations that ended within `window_s`, newest first."""
+    ids = await redis.zrevrangebyscore(keys.finished, now_ms, now_ms - int(window_s * 1000))
+    if not ids:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for rid in ids:
+            pipe.hgetall(keys.rotation(_text(rid)))
+        hashes = await pipe.execute()
+    return [_finished_row(rotation_from_hash(raw)) for raw in hashes if raw]
+
+
+async def paused(redis: AnyRedis, keys: Keys) -> bool:
+    raw = await redis.hget(keys.settings, "GOV_ENTRIES_PAUSED")
+    return raw is not None and _text(raw).strip().lower() in ("1", "true", "yes", "on")
+
+
+async def console_state(
+    redis: AnyRedis, keys: Keys, now_ms: int, *, window_s: float = HOUR_S
+) -> dict[str, Any]:
+    """Everything the console's main page draws, for one book."""
+    book = await status(redis, keys, window_s, now_ms)
+    slots = book["slots"]
+    return {
+        "now_ms": now_ms,
+        "book": keys.book,
+        "paused": await paused(redis, keys),
+        "slots": slots,
+        "cells": slot_cells(slots),
+        "in_flight": book["rotations_in_flight"],
+        "reservations": book["reservations"],
+        "finished": await finished_rotations(redis, keys, now_ms, window_s),
+        "decisions": await recent_decisions(redis, keys, RECENT_DECISIONS),
+    }
+
+
+def story_diagram(data: dict[str, Any]) -> str | None:
+    """The SVG of the machine with the story's rotation path highlighted (a plan's:
+    its newest rotation), or the plain machine when there is no rotation."""
+    rotation = data.get("rotation")
+    if rotation is None and data.get("rotations"):
+        rotation = data["rotations"][-1]
+    if rotation is None and data.get("close_of"):
+        rotation = data["close_of"].get("rotation")
+    if rotation is None:
+        return None
+    path = ["IDLE", *(str(step[2]) for step in rotation.get("history", []))]
+    try:
+        return render_path("svg", path, rotation["state"])
+    except ValueError:
+        return None
+
+
+async def console_story(redis: AnyRedis, keys: Keys, some_id: str) -> dict[str, Any] | None:
+    """`explain`'s story of a plan or rotation, with its diagram; None when unknown."""
+    story = await explain(redis, keys, some_id)
+    if story is None:
+        return None
+    data = dict(story.data)
+    for rotation in [data.get("rotation"), *data.get("rotations", [])]:
+        if isinstance(rotation, dict):
+            rotation.pop("diagram_mermaid", None)  # the page draws the SVG below
+    return {"id": some_id, "lines": story.lines, "svg": story_diagram(data), **data}

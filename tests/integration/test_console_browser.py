@@ -1,0 +1,160 @@
+"""The web console in a real headless Chromium (Debian's, driven by Playwright).
+
+The engine, a real redis-server and the paper exchange run in this process (the
+integration stack); the browser loads the console from the engine's own HTTP server.
+Chromium must be installed (`apt-get install chromium`; `.ci/run` does it): without it
+these tests fail, they are never skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from rotation_fsm import reasons as R
+from rotation_fsm.controls import Controls
+from rotation_fsm.http import make_app
+from rotation_fsm.settings import load_settings
+from tests.integration.harness import Stack
+
+pytestmark = pytest.mark.timeout(300)  # the first may install Chromium on a fresh machine
+CHROMIUM = "/usr/bin/chromium"
+TOKEN = "console-token-123"
+SLOTS = {"GOV_ACTIVE_SLOTS_CHOP": "3", "GOV_HTTP_TOKEN": TOKEN, "GOV_ROTATION_LOCK_TTL": "120"}
+# As root, in a sandbox with no network: no sandboxing, no background connections.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _install_chromium() -> None:
+    """On a fresh Debian machine the test command sets up what it needs: Chromium from
+    apt, as root (best effort; CI installs it beforehand)."""
+    if Path(CHROMIUM).exists() or os.geteuid() != 0 or not Path("/usr/bin/apt-get").exists():
+        return
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+        subprocess.run(command, check=False, capture_output=True, timeout=600)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    _install_chromium()
+    assert Path(CHROMIUM).exists(), "Chromium is missing: apt-get install -y chromium"
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        await chromium.close()
+
+
+async def open_console(browser: Browser, url: str) -> Page:
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(url)
+    await expect(page.locator("#conn")).to_have_text("live")
+    assert errors == []  # no CSP violation, no script error
+    return page
+
+
+async def test_a_rotation_appears_counts_down_confirms_and_shows_its_path(
+    stack: Stack, browser: Browser
+) -> None:
+    stack.fill_book("BTCUSDT", "ETHUSDT", "SOLUSDT")  # SOL the weakest
+    running = await stack.start_engine(**SLOTS)
+    base = f"http://127.0.0.1:{running.http_port}"
+    page = await open_console(browser, base + "/")
+    await stack.send_plan("a1b2c3d4e5f67890")
+    lock = await stack.event(R.EV_LOCK_CREATED)
+    row = page.locator(f'#inflight tr[data-rotation="{lock["rotation_id"]}"]')
+    await expect(row).to_contain_text("SOLUSDT → NEWUSDT")
+    await expect(row.locator(".state")).to_have_text("CLOSE_EMITTED")
+    # The countdown runs: its text changes while we watch.
+    first = await row.locator(".countdown").inner_text()
+    assert first.endswith(" s") and 0 < float(first.split()[0]) <= 120
+    await page.wait_for_function(
+        "([sel, t]) => document.querySelector(sel).textContent !== t",
+        arg=[f'#inflight tr[data-rotation="{lock["rotation_id"]}"] .countdown', first],
+    )
+    await expect(page.locator('.cell.closing[data-symbol="SOLUSDT"]')).to_be_visible()
+    if os.environ.get("CONSOLE_SCREENSHOT"):  # how docs/console.png is made
+        await page.screenshot(path=os.environ["CONSOLE_SCREENSHOT"], full_page=True)
+
+    await stack.send_result(lock["close_plan_id"], symbol="SOLUSDT")
+    done = page.locator(f'#finished tr[data-rotation="{lock["rotation_id"]}"]')
+    await expect(done.locator(".state")).to_have_text("CONFIRMED")
+    await expect(row).to_have_count(0)
+    allowed = page.locator('#decisions tr[data-plan="a1b2c3d4e5f67890"][data-decision="ALLOW"]')
+    await expect(allowed).to_contain_text(R.ROTATION_COMPLETE)
+
+    await done.locator("a").click()
+    await expect(page.locator("#detail-title")).to_have_text(f"rotation {lock['rotation_id']}")
+    diagram = page.locator("#diagram svg")
+    await expect(diagram.locator('g.current[data-state="CONFIRMED"]')).to_have_count(1)
+    for state in ("IDLE", "LOCKED", "CLOSE_EMITTED"):
+        await expect(diagram.locator(f'g.onpath[data-state="{state}"]')).to_have_count(1)
+    await expect(page.locator("#story")).to_contain_text("SOLUSDT")
+
+
+async def test_abort_is_offered_only_with_the_token(stack: Stack, browser: Browser) -> None:
+    stack.fill_book("BTCUSDT", "ETHUSDT", "SOLUSDT")
+    running = await stack.start_engine(**SLOTS)
+    page = await open_console(browser, f"http://127.0.0.1:{running.http_port}/")
+    await stack.send_plan("a1b2c3d4e5f67890")
+    lock = await stack.event(R.EV_LOCK_CREATED)
+    row = page.locator(f'#inflight tr[data-rotation="{lock["rotation_id"]}"]')
+    await expect(row).to_have_count(1)
+    await expect(page.locator("button.abort")).to_have_count(0)  # read-only without it
+
+    await page.fill("#token", TOKEN)
+    await page.click("#token-set")
+    await row.locator("button.abort").click()
+    await expect(page.locator("#notice")).to_contain_text("ABORTED")
+    done = page.locator(f'#finished tr[data-rotation="{lock["rotation_id"]}"] .state')
+    await expect(done).to_have_text("ABORTED")
+    blocked = page.locator('#decisions tr[data-plan="a1b2c3d4e5f67890"][data-decision="BLOCK"]')
+    await expect(blocked.first).to_be_visible()
+    assert TOKEN not in await page.content()  # typed once, never shown again
+
+
+async def test_the_page_says_when_the_live_connection_drops_and_recovers(
+    stack: Stack, browser: Browser
+) -> None:
+    running = await stack.start_engine(**SLOTS)
+    # A second console server of this engine, which the test can stop and restart.
+    keys = running.engine.store.keys
+    settings = load_settings(stack.env(**SLOTS))
+    controls = {keys.book: Controls(stack.redis, keys, settings)}
+
+    async def serve(port: int) -> web.AppRunner:
+        app = make_app(running.health, running.metrics, controls=controls, token=TOKEN)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return runner
+
+    runner = await serve(0)
+    port = runner.addresses[0][1]
+    try:
+        page = await open_console(browser, f"http://127.0.0.1:{port}/")
+        await runner.cleanup()
+        await expect(page.locator("#conn")).to_have_text("disconnected — reconnecting…")
+        runner = await serve(port)
+        await expect(page.locator("#conn")).to_have_text("live", timeout=15_000)
+        await stack.send_plan("p-after", "BNBUSDT")  # and the pushes flow again
+        await expect(page.locator('#decisions tr[data-plan="p-after"]')).to_have_count(1)
+    finally:
+        await runner.cleanup()
