@@ -27,6 +27,12 @@ ENGINE_COMMANDS = (
     "scard",
     "zrangebyscore",
     "zrevrange",
+    # the web console and /rotations (read-only): its live reader and its pages
+    "xread",
+    "xrange",
+    "xrevrange",
+    "zrevrangebyscore",
+    "zcount",
     # the commit script and what it calls
     "evalsha",
     "eval",

@@ -571,7 +571,7 @@ async def play(redis_url: str, seconds: float, out: Out, interrupt: asyncio.Even
         _on_signals(interrupt)  # the engine took SIGINT/SIGTERM for its own stop: take back
         await _engine_ready(running)
         out.say(f"  paper exchange      http://127.0.0.1:{port}  (Binance USD-M futures REST)")
-        out.say(f"  console/status at   http://127.0.0.1:{running.http_port}/")
+        out.say(f"  web console at      http://127.0.0.1:{running.http_port}/")
         out.say(f"  policy universe     {', '.join(UNIVERSE)}  ({keys.policy})")
         w.open_position("BTCUSDT")
         w.open_position("ETHUSDT")

@@ -1,7 +1,10 @@
 """Live updates for the console: one reader per app, fanned out to every open page.
 
-A single task follows the decision and event streams of every book with a blocking
-XREAD and hands each new entry to all subscribers (Server-Sent Events), so ten open
+A single task follows the decision, event and audit streams of every book with a
+blocking XREAD and hands each new entry to all subscribers (Server-Sent Events). The
+audit stream gets one entry per commit and per setting change, so a change that
+writes no decision or event (a fill releasing a reservation, a pause) is pushed too;
+its body is not sent, only that it happened. Ten open
 tabs cost Redis one reader, not ten, and no page polls. A subscriber that cannot keep
 up loses the oldest entries, never blocks the others: the page refetches the state
 on every message anyway, so a dropped one costs nothing.
@@ -24,6 +27,7 @@ from ..store import Store
 log = logging.getLogger("rotation_fsm.web")
 
 BLOCK_MS = 1000  # below redis-py's default socket timeout (5 s)
+KINDS = ("decisions", "events", "audit")
 QUEUE = 256
 
 
@@ -72,7 +76,7 @@ class Hub:
 
     async def _follow(self) -> None:
         """Follow every book's streams from now on, while anyone listens."""
-        cursors = {(book, kind): "$" for book in self.stores for kind in ("decisions", "events")}
+        cursors = {(book, kind): "$" for book in self.stores for kind in KINDS}
         delay = 0.2
         while self.subscribers:
             try:
@@ -88,7 +92,7 @@ class Hub:
         self, book: str, store: Store, cursors: dict[tuple[str, str], str]
     ) -> None:
         keys = store.keys
-        names = {keys.decisions: "decisions", keys.events: "events"}
+        names = {keys.decisions: "decisions", keys.events: "events", keys.audit: "audit"}
         streams = {name: cursors[(book, kind)] for name, kind in names.items()}
         block = BLOCK_MS // max(1, len(self.stores))
         self.reads += 1
@@ -98,8 +102,10 @@ class Hub:
             kind = names[_text(stream)]
             for entry_id, fields in entries:
                 cursors[(book, kind)] = _text(entry_id)
-                body = {_text(k): _text(v) for k, v in fields.items()}
-                self.publish({"kind": kind, "book": book, "id": _text(entry_id), "fields": body})
+                message: dict[str, Any] = {"kind": kind, "book": book, "id": _text(entry_id)}
+                if kind != "audit":  # an audit entry is large and says nothing new here
+                    message["fields"] = {_text(k): _text(v) for k, v in fields.items()}
+                self.publish(message)
 
 
 async def sse_messages(hub: Hub, heartbeat_s: float = 15.0) -> AsyncIterator[bytes]:

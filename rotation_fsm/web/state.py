@@ -17,6 +17,7 @@ from ..store import AnyRedis
 
 HOUR_S = 3600.0
 RECENT_DECISIONS = 200
+RECENT_FINISHED = 50
 
 
 def _text(value: bytes | str) -> str:
@@ -91,16 +92,21 @@ def _finished_row(rec: RotationRecord) -> dict[str, Any]:
 
 async def finished_rotations(
     redis: AnyRedis, keys: Keys, now_ms: int, window_s: float
-) -> list[dict[str, Any]]:
-    """Rotations that ended within `window_s`, newest first."""
-    ids = await redis.zrevrangebyscore(keys.finished, now_ms, now_ms - int(window_s * 1000))
+) -> tuple[list[dict[str, Any]], int]:
+    """The newest `RECENT_FINISHED` rotations that ended within `window_s`, and how
+    many ended in it (a busy book ends hundreds a second: never load them all)."""
+    low = now_ms - int(window_s * 1000)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zrevrangebyscore(keys.finished, now_ms, low, start=0, num=RECENT_FINISHED)
+        pipe.zcount(keys.finished, low, now_ms)
+        ids, total = await pipe.execute()
     if not ids:
-        return []
+        return [], int(total)
     async with redis.pipeline(transaction=False) as pipe:
         for rid in ids:
             pipe.hgetall(keys.rotation(_text(rid)))
         hashes = await pipe.execute()
-    return [_finished_row(rotation_from_hash(raw)) for raw in hashes if raw]
+    return [_finished_row(rotation_from_hash(raw)) for raw in hashes if raw], int(total)
 
 
 async def paused(redis: AnyRedis, keys: Keys) -> bool:
@@ -112,8 +118,9 @@ async def console_state(
     redis: AnyRedis, keys: Keys, now_ms: int, *, window_s: float = HOUR_S
 ) -> dict[str, Any]:
     """Everything the console's main page draws, for one book."""
-    book = await status(redis, keys, window_s, now_ms)
+    book = await status(redis, keys, 0.0, now_ms)  # finished ones: counted below, capped
     slots = book["slots"]
+    finished, finished_total = await finished_rotations(redis, keys, now_ms, window_s)
     return {
         "now_ms": now_ms,
         "book": keys.book,
@@ -122,7 +129,8 @@ async def console_state(
         "cells": slot_cells(slots),
         "in_flight": book["rotations_in_flight"],
         "reservations": book["reservations"],
-        "finished": await finished_rotations(redis, keys, now_ms, window_s),
+        "finished": finished,
+        "finished_total": finished_total,
         "decisions": await recent_decisions(redis, keys, RECENT_DECISIONS),
     }
 

@@ -131,3 +131,20 @@ async def test_abort_from_the_console_needs_the_token(stack: Stack) -> None:
         headers = {"Authorization": "Bearer console-token-123"}
         async with http.post(url, json={"by": "console"}, headers=headers) as resp:
             assert resp.status == 200 and (await resp.json())["state"] == "ABORTED"
+
+
+async def test_a_change_that_decides_nothing_is_pushed_too(stack: Stack) -> None:
+    # A fill's result only gives its reservation back: no decision, no event. The
+    # audit entry of that commit is what tells the pages.
+    running = await stack.start_engine(**SLOTS)
+    await stack.send_plan("p-entry", "BNBUSDT")
+    await stack.decision("p-entry")
+    url = f"http://127.0.0.1:{running.http_port}/api/console/events"
+    async with aiohttp.ClientSession() as http:
+        page = sse(http, url)
+        assert await anext(page) == ("hello", {})
+        await stack.send_result("p-entry", reduce_only=False, symbol="BNBUSDT")
+        event, data = await asyncio.wait_for(anext(page), 10)
+        await page.aclose()
+    assert (event, data["kind"]) == ("change", "audit") and "fields" not in data
+    assert await stack.redis.hlen(stack.keys.reservations) == 0

@@ -9,6 +9,7 @@ these tests fail, they are never skipped.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -59,6 +60,15 @@ async def browser() -> AsyncIterator[Browser]:
         await chromium.close()
 
 
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+async def screenshot(page: Page, name: str) -> None:
+    """Saved by every run (git ignores the folder), for a human to look at."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
 async def open_console(browser: Browser, url: str) -> Page:
     page = await browser.new_page(viewport={"width": 1280, "height": 900})
     errors: list[str] = []
@@ -90,8 +100,7 @@ async def test_a_rotation_appears_counts_down_confirms_and_shows_its_path(
         arg=[f'#inflight tr[data-rotation="{lock["rotation_id"]}"] .countdown', first],
     )
     await expect(page.locator('.cell.closing[data-symbol="SOLUSDT"]')).to_be_visible()
-    if os.environ.get("CONSOLE_SCREENSHOT"):  # how docs/console.png is made
-        await page.screenshot(path=os.environ["CONSOLE_SCREENSHOT"], full_page=True)
+    await screenshot(page, "console-rotation")  # docs/console.png is a copy of this one
 
     await stack.send_result(lock["close_plan_id"], symbol="SOLUSDT")
     done = page.locator(f'#finished tr[data-rotation="{lock["rotation_id"]}"]')
@@ -107,6 +116,28 @@ async def test_a_rotation_appears_counts_down_confirms_and_shows_its_path(
     for state in ("IDLE", "LOCKED", "CLOSE_EMITTED"):
         await expect(diagram.locator(f'g.onpath[data-state="{state}"]')).to_have_count(1)
     await expect(page.locator("#story")).to_contain_text("SOLUSDT")
+
+
+async def test_a_rotation_whose_close_never_comes_times_out_on_screen(
+    stack: Stack, browser: Browser
+) -> None:
+    stack.fill_book("BTCUSDT", "ETHUSDT", "SOLUSDT")
+    running = await stack.start_engine(**{**SLOTS, "GOV_ROTATION_LOCK_TTL": "2"})
+    page = await open_console(browser, f"http://127.0.0.1:{running.http_port}/")
+    await stack.send_plan("a1b2c3d4e5f67890")
+    lock = await stack.event(R.EV_LOCK_CREATED)
+    row = page.locator(f'#inflight tr[data-rotation="{lock["rotation_id"]}"]')
+    await expect(row.locator(".countdown")).to_have_text(re.compile(r"^[0-2]\.\d s$"))
+    # No result comes: the timer ends it at the deadline, and the page follows.
+    done = page.locator(f'#finished tr[data-rotation="{lock["rotation_id"]}"] .state')
+    await expect(done).to_have_text("TIMED_OUT", timeout=15_000)
+    await expect(row).to_have_count(0)
+    blocked = page.locator('#decisions tr[data-plan="a1b2c3d4e5f67890"][data-decision="BLOCK"]')
+    await expect(blocked.first).to_contain_text(R.ROTATION_TIMEOUT)
+    await screenshot(page, "console-timed-out")
+    await page.goto(f"http://127.0.0.1:{running.http_port}/rotation/{lock['rotation_id']}")
+    diagram = page.locator("#diagram svg")
+    await expect(diagram.locator('g.current[data-state="TIMED_OUT"]')).to_have_count(1)
 
 
 async def test_abort_is_offered_only_with_the_token(stack: Stack, browser: Browser) -> None:

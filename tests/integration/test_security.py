@@ -36,6 +36,19 @@ async def test_the_engine_works_under_the_least_privilege_acl(
                 assert resp.status == 200
             async with http.get(f"http://127.0.0.1:{running.http_port}/metrics") as resp:
                 assert resp.status == 200
+            base = f"http://127.0.0.1:{running.http_port}/api/console"
+            async with http.get(f"{base}/state") as resp:  # the web console's reads
+                assert resp.status == 200 and (await resp.json())["finished"]
+            async with http.get(f"{base}/story/{lock['rotation_id']}") as resp:
+                assert resp.status == 200
+            async with http.get(f"{base}/events") as resp:
+                assert await resp.content.readline() == b"retry: 2000\n"
+                assert await resp.content.readline() == b"event: hello\n"
+                await acl_stack.send_plan("acl-plan-3", "XRPUSDT")
+                pushed = [await resp.content.readline() for _ in range(5)]
+            # its live reader (XREAD) works too: it pushed a change, not an error
+            (data,) = [line for line in pushed if line.startswith(b'data: {"')]
+            assert b'"kind": "redis"' not in data and b'"book": ""' in data
         # and the user really is confined to the engine's keys
         from redis.asyncio import Redis
 

