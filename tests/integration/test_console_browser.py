@@ -108,6 +108,13 @@ async def test_a_rotation_appears_counts_down_confirms_and_shows_its_path(
     await expect(row).to_have_count(0)
     allowed = page.locator('#decisions tr[data-plan="a1b2c3d4e5f67890"][data-decision="ALLOW"]')
     await expect(allowed).to_contain_text(R.ROTATION_COMPLETE)
+    rows = page.locator("#decisions tbody tr")
+    await page.select_option("#f-reason", R.ROTATION_COMPLETE)  # the filters
+    await expect(rows).to_have_count(1)
+    await page.select_option("#f-reason", "")
+    await page.fill("#f-symbol", "sol")
+    await expect(rows).to_have_count(1)  # the close plan of SOLUSDT, exempt
+    await expect(rows.first).to_contain_text(R.CLOSE_EXEMPT)
 
     await done.locator("a").click()
     await expect(page.locator("#detail-title")).to_have_text(f"rotation {lock['rotation_id']}")
