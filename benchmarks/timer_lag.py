@@ -27,7 +27,13 @@ from typing import Any
 from rotation_fsm import reasons as R
 from rotation_fsm.keys import Keys
 from rotation_fsm.machine import State, Trigger
-from rotation_fsm.messages import PlanRecord, RotationRecord, encode_json, rotation_to_hash
+from rotation_fsm.messages import (
+    PlanRecord,
+    RotationRecord,
+    encode_json,
+    lock_body,
+    rotation_to_hash,
+)
 
 from .resp import RawConnection
 from .rig import Rig
@@ -114,21 +120,6 @@ def _records(index: int, now_ms: int, deadline_ms: int) -> tuple[RotationRecord,
     return rotation, plan
 
 
-def _lock(rec: RotationRecord) -> str:
-    """The seed's lock key body, as `Store._save_rotation` writes it."""
-    return encode_json(
-        {
-            "new_symbol": rec.new_symbol,
-            "new_plan_id": rec.new_plan_id,
-            "close_symbol": rec.close_symbol,
-            "close_plan_id": rec.close_plan_id,
-            "created_at": rec.created_ms / 1000,
-            "rotation_id": rec.rotation_id,
-            "deadline": rec.deadline_ms / 1000,
-        }
-    )
-
-
 def _commands(keys: Keys, rotation: RotationRecord, plan: PlanRecord) -> list[tuple[Any, ...]]:
     """What `Store._save_rotation` (in flight) and the waiting plan's record write."""
     rid = rotation.rotation_id
@@ -138,7 +129,7 @@ def _commands(keys: Keys, rotation: RotationRecord, plan: PlanRecord) -> list[tu
         ("SET", keys.close_index(rotation.close_plan_id), rid, "PX", RETENTION_MS),
         ("SADD", keys.inflight, rid),
         ("ZADD", keys.deadlines, rotation.deadline_ms, rid),
-        ("SET", keys.lock(rotation.new_plan_id), _lock(rotation)),
+        ("SET", keys.lock(rotation.new_plan_id), encode_json(lock_body(rotation))),
         ("SET", keys.plan(plan.plan_id), encode_json(plan), "PX", RETENTION_MS),
     ]
 

@@ -109,15 +109,6 @@ EXCHANGE_FAULTS = tuple(sorted(FAULTS))
 #: the engines' consumer group (GOV_CONSUMER_GROUP's default: the run does not set it)
 ENGINE_GROUP = "rotation-fsm"
 #: BLOCK reasons the engine never changes once given (contract §3a)
-FINAL_BLOCKS = frozenset(
-    {
-        R.ROTATION_TIMEOUT,
-        R.ROTATION_CLOSE_REJECTED,
-        R.ROTATION_ABORTED,
-        R.NO_POLICY,
-        R.NOT_IN_UNIVERSE,
-    }
-)
 INVARIANTS: dict[int, str] = {
     1: "occupied slots never exceed the desired slots",
     2: "no position is the close target of two rotations; one close plan each",
@@ -329,7 +320,7 @@ class _Walk:
         if plan_id not in self.finals:
             self.slots += _judge_plan(row, item.plan.symbol, self.occ, self.batch)
             self.targets += _started(row, self.occ, self.batch.seed.rotations, self.rotations)
-        if is_final(row[1], row[2]):
+        if R.is_final(row[1], row[2]):
             self.finals.add(plan_id)
 
     def _take_end(self, rec: RotationRecord) -> bool:
@@ -471,11 +462,6 @@ def _close_plan_counts(history: History) -> list[str]:
 # ---------------------------------------------------------------- 3: decisions and permits
 
 
-def is_final(decision: str, reason: str) -> bool:
-    """A verdict the engine never changes for that plan id (contract §3a)."""
-    return decision == R.ALLOW or reason in FINAL_BLOCKS
-
-
 def _decision_findings(history: History) -> list[str]:
     """A final verdict is never followed by a different one (resends get it again)."""
     found = []
@@ -488,7 +474,7 @@ def _decision_findings(history: History) -> list[str]:
                 f"{plan_id} was decided {final[0]} {final[1]} (final), then {answer[0]} "
                 f"{answer[1]} (decision {entry_id})"
             )
-        elif final is None and is_final(*answer):
+        elif final is None and R.is_final(*answer):
             first_final[plan_id] = answer
     return found
 

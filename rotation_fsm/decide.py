@@ -339,7 +339,6 @@ def _answer(
     verdict: str,
     reason: str,
     *,
-    final: bool,
     with_slots: bool = True,
     rotation_id: str = "",
 ) -> list[Effect]:
@@ -367,7 +366,7 @@ def _answer(
         action=plan.action,
         decision=verdict,
         reason=reason,
-        final=final,
+        final=R.is_final(verdict, reason),
         rotation_id=rotation_id,
         confidence=plan.confidence,
         regime=regime,
@@ -433,41 +432,41 @@ def decide_plan(ctx: _Ctx) -> list[Effect]:
             ctx, msgspec.structs.replace(record, decision=R.BLOCK), R.WAITING_ROTATION_CLOSE
         )
     if plan.is_close:
-        return _answer(ctx, R.ALLOW, R.CLOSE_EXEMPT, final=True, with_slots=False)
+        return _answer(ctx, R.ALLOW, R.CLOSE_EXEMPT, with_slots=False)
     if not rules.slots_enabled:
-        return _answer(ctx, R.ALLOW, R.SLOTS_DISABLED, final=True, with_slots=False)
+        return _answer(ctx, R.ALLOW, R.SLOTS_DISABLED, with_slots=False)
     if rules.entries_paused:
-        return _answer(ctx, R.BLOCK, R.PAUSED, final=False, with_slots=False)
+        return _answer(ctx, R.BLOCK, R.PAUSED, with_slots=False)
     try:
         universe = parse_universe(view.policy_raw)
     except PolicyError:
-        return _answer(ctx, R.BLOCK, R.NO_POLICY, final=True, with_slots=False)
+        return _answer(ctx, R.BLOCK, R.NO_POLICY, with_slots=False)
     if plan.symbol not in universe:
-        return _answer(ctx, R.BLOCK, R.NOT_IN_UNIVERSE, final=True, with_slots=False)
+        return _answer(ctx, R.BLOCK, R.NOT_IN_UNIVERSE, with_slots=False)
     if market.positions is None or (rules.margin_gate_on and market.account is None):
-        return _answer(ctx, R.BLOCK, R.POSITIONS_UNAVAILABLE, final=False, with_slots=False)
+        return _answer(ctx, R.BLOCK, R.POSITIONS_UNAVAILABLE, with_slots=False)
     if (
         market.account is not None
         and rules.margin_gate_on
         and over_margin(market.account, rules.max_margin_usage)
     ):
-        return _answer(ctx, R.BLOCK, R.MARGIN_CAP, final=False)
+        return _answer(ctx, R.BLOCK, R.MARGIN_CAP)
     if plan.symbol in view.rotation_targets() | view.rotation_entries():
         # A rotation is closing this symbol, or waiting to open it: "held" would let
         # this entry execute on a slot nobody counts. Decided afresh on a resend.
-        return _answer(ctx, R.BLOCK, R.ROTATION_IN_PROGRESS, final=False)
+        return _answer(ctx, R.BLOCK, R.ROTATION_IN_PROGRESS)
     if plan.symbol in market.open_symbols or plan.symbol in view.reservations:
         # No new slot, but this entry holds the symbol's slot until its result: if the
         # position is closed or netted flat before it executes, it opens the symbol
         # again, and that slot must still be counted (found by the chaos run).
-        effects = _answer(ctx, R.ALLOW, R.SLOT_ALREADY_HELD, final=True)
+        effects = _answer(ctx, R.ALLOW, R.SLOT_ALREADY_HELD)
         effects.append(_hold(view, plan.symbol, plan.plan_id, rules, ctx.now_ms))
         return effects
     blocked = _correlation_block(ctx)
     if blocked is not None:
         return blocked
     if ctx.free > 0:
-        effects = _answer(ctx, R.ALLOW, R.SLOTS_AVAILABLE, final=True)
+        effects = _answer(ctx, R.ALLOW, R.SLOTS_AVAILABLE)
         effects.append(_hold(view, plan.symbol, plan.plan_id, rules, ctx.now_ms))
         return effects
     return _rotate_or_block(ctx)
@@ -490,11 +489,11 @@ def _correlation_block(ctx: _Ctx) -> list[Effect] | None:
         return None
     if ({ctx.plan.symbol} | others) & set(ctx.market.klines_missing):
         # Klines we could not fetch are not "no correlation": fail closed.
-        return _answer(ctx, R.BLOCK, R.POSITIONS_UNAVAILABLE, final=False)
+        return _answer(ctx, R.BLOCK, R.POSITIONS_UNAVAILABLE)
     row = ctx.market.correlations.get(ctx.plan.symbol, {})
     if too_correlated(row, ctx.rules.max_correlation) is None:
         return None
-    return _answer(ctx, R.BLOCK, R.CORRELATION_TOO_HIGH, final=False)
+    return _answer(ctx, R.BLOCK, R.CORRELATION_TOO_HIGH)
 
 
 def _rotate_or_block(ctx: _Ctx) -> list[Effect]:
@@ -509,13 +508,13 @@ def _rotate_or_block(ctx: _Ctx) -> list[Effect]:
     )
     target = weakest(market.positions or [], now_ms, excluded=excluded)
     if target is None:
-        return _answer(ctx, R.BLOCK, R.NO_ROTATION_CANDIDATE, final=False)
+        return _answer(ctx, R.BLOCK, R.NO_ROTATION_CANDIDATE)
     if len(view.inflight) >= rules.max_concurrent_rotations:
-        return _answer(ctx, R.BLOCK, R.ROTATION_IN_PROGRESS, final=False)
+        return _answer(ctx, R.BLOCK, R.ROTATION_IN_PROGRESS)
     if not beats_threshold(
         plan.confidence, view.entry_confidence.get(target.symbol), rules.rotation_threshold
     ):
-        return _answer(ctx, R.BLOCK, R.NO_ROTATION_CANDIDATE, final=False)
+        return _answer(ctx, R.BLOCK, R.NO_ROTATION_CANDIDATE)
     return _start_rotation(ctx, target)
 
 
@@ -568,7 +567,7 @@ def _start_rotation(ctx: _Ctx, target: Position) -> list[Effect]:
         Emit("plans", to_fields(close)),
         SaveRotation(record),
         Emit("events", to_fields(_event(R.EV_LOCK_CREATED, record, now_ms))),
-        *_answer(ctx, R.BLOCK, R.WAITING_ROTATION_CLOSE, final=False, rotation_id=rotation_id),
+        *_answer(ctx, R.BLOCK, R.WAITING_ROTATION_CLOSE, rotation_id=rotation_id),
     ]
 
 
@@ -624,7 +623,7 @@ def _end_decision(
         action=rec.new_action,
         decision=verdict,
         reason=reason,
-        final=True,
+        final=R.is_final(verdict, reason),  # rotation_complete, or a final BLOCK
         rotation_id=rec.rotation_id,
         confidence=rec.new_confidence,
         regime=rec.regime,

@@ -521,8 +521,10 @@ async def _events_of(redis: AnyRedis, keys: Keys, rec: RotationRecord) -> list[d
 
 async def _rotation(redis: AnyRedis, keys: Keys, rotation_id: str) -> RotationRecord | None:
     raw: dict[Any, Any] = await redis.hgetall(keys.rotation(rotation_id))
-    if not raw:
-        return None
+    return _record(rotation_id, raw) if raw else None
+
+
+def _record(rotation_id: str, raw: dict[Any, Any]) -> RotationRecord:
     try:
         return rotation_from_hash(raw)
     except BadEntry as exc:
@@ -705,13 +707,23 @@ def _last_plan_symbol(batch: AuditBatch) -> str | None:
     return symbols[-1] if symbols else None
 
 
-async def status(redis: AnyRedis, keys: Keys, window_s: float, now_ms: int) -> dict[str, Any]:
-    """The book now: slots, reservations, rotations in flight, final states over the window."""
+async def rotation_hashes(redis: AnyRedis, keys: Keys, rotation_ids: list[str]) -> list[Any]:
+    """The rotation hashes of `rotation_ids`, in one round trip (empty where gone)."""
+    if not rotation_ids:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for rotation_id in rotation_ids:
+            pipe.hgetall(keys.rotation(rotation_id))
+        replies: list[Any] = await pipe.execute()
+    return replies
+
+
+async def book_now(redis: AnyRedis, keys: Keys, now_ms: int) -> dict[str, Any]:
+    """The book now: slots, reservations and rotations in flight."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.reservations)
         pipe.smembers(keys.inflight)
-        pipe.zrangebyscore(keys.finished, now_ms - int(window_s * 1000), now_ms)
-        reservations_raw, inflight_raw, finished_raw = await pipe.execute()
+        reservations_raw, inflight_raw = await pipe.execute()
     reservations = []
     for symbol, body in sorted(reservations_raw.items()):
         res = json.loads(body)
@@ -723,26 +735,42 @@ async def status(redis: AnyRedis, keys: Keys, window_s: float, now_ms: int) -> d
                 "left_s": round((int(res.get("until_ms", 0)) - now_ms) / 1000, 3),
             }
         )
-    in_flight = []
-    for rotation_id in sorted(_text(m) for m in inflight_raw):
-        rec = await _rotation(redis, keys, rotation_id)
-        if rec is not None:
-            in_flight.append(_flight_json(rec, now_ms))
-    counts: Counter[str] = Counter()
-    for rotation_id in finished_raw:
-        rec = await _rotation(redis, keys, _text(rotation_id))
-        counts[rec.state if rec is not None else "EXPIRED"] += 1
+    ids = sorted(_text(m) for m in inflight_raw)
+    in_flight = [
+        _flight_json(_record(rid, raw), now_ms)
+        for rid, raw in zip(ids, await rotation_hashes(redis, keys, ids), strict=True)
+        if raw
+    ]
     return {
         "now": iso_ms(now_ms),
         "book": keys.book,
         "slots": await _slots(redis, keys, reservations, in_flight),
         "reservations": reservations,
         "rotations_in_flight": in_flight,
-        "finished": {
-            "window_s": window_s,
-            "counts": dict(sorted(counts.items())),
-            "total": sum(counts.values()),
-        },
+    }
+
+
+async def finished_counts(
+    redis: AnyRedis, keys: Keys, window_s: float, now_ms: int
+) -> dict[str, Any]:
+    """How many rotations ended within `window_s`, by final state (one round trip for
+    the states, however many there are)."""
+    ended = await redis.zrangebyscore(keys.finished, now_ms - int(window_s * 1000), now_ms)
+    counts: Counter[str] = Counter()
+    if ended:
+        async with redis.pipeline(transaction=False) as pipe:
+            for rotation_id in ended:
+                pipe.hget(keys.rotation(_text(rotation_id)), "state")
+            states = await pipe.execute()
+        counts.update(_text(s) if s is not None else "EXPIRED" for s in states)
+    return {"window_s": window_s, "counts": dict(sorted(counts.items())), "total": len(ended)}
+
+
+async def status(redis: AnyRedis, keys: Keys, window_s: float, now_ms: int) -> dict[str, Any]:
+    """`rotation-fsm status`: the book now, and final states over the window."""
+    return {
+        **await book_now(redis, keys, now_ms),
+        "finished": await finished_counts(redis, keys, window_s, now_ms),
     }
 
 

@@ -332,6 +332,19 @@ reservation_decoder = msgspec.json.Decoder(Reservation)
 hold_decoder = msgspec.json.Decoder(Hold)
 
 
+def lock_body(rec: RotationRecord) -> dict[str, Any]:
+    """The seed-compatible lock key's JSON (contract §3) for a rotation in flight."""
+    return {
+        "new_symbol": rec.new_symbol,
+        "new_plan_id": rec.new_plan_id,
+        "close_symbol": rec.close_symbol,
+        "close_plan_id": rec.close_plan_id,
+        "created_at": rec.created_ms / 1000,
+        "rotation_id": rec.rotation_id,
+        "deadline": rec.deadline_ms / 1000,
+    }
+
+
 def encode_json(value: Any) -> str:
     """Compact JSON text (msgspec), for keys and hash fields."""
     return _encoder.encode(value).decode()

@@ -33,3 +33,15 @@ EV_CLOSE_REJECTED = "ROTATION_CLOSE_REJECTED"
 EV_LATE_CONFIRM = "ROTATION_LATE_CONFIRM"
 EV_ABORTED = "ROTATION_ABORTED"
 EV_DEADLINE_CHANGED = "ROTATION_DEADLINE_CHANGED"
+
+# BLOCKs a plan id keeps for good: a resend gets the same answer (contract §3a). The
+# others come from a passing condition and are decided afresh.
+FINAL_BLOCKS = frozenset(
+    {ROTATION_TIMEOUT, ROTATION_CLOSE_REJECTED, ROTATION_ABORTED, NO_POLICY, NOT_IN_UNIVERSE}
+)
+
+
+def is_final(decision: str, reason: str) -> bool:
+    """A verdict the engine never changes for that plan id: every ALLOW, and the
+    final BLOCKs."""
+    return decision == ALLOW or reason in FINAL_BLOCKS

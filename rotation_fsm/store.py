@@ -50,6 +50,7 @@ from .messages import (
     RotationRecord,
     encode_json,
     hold_decoder,
+    lock_body,
     plan_record_decoder,
     reservation_decoder,
     rotation_from_hash,
@@ -318,16 +319,7 @@ class Store:
         if rec.state in IN_FLIGHT:
             ops.add("SADD", k.inflight, rec.rotation_id)
             ops.add("ZADD", k.deadlines, rec.deadline_ms, rec.rotation_id)
-            lock = {
-                "new_symbol": rec.new_symbol,
-                "new_plan_id": rec.new_plan_id,
-                "close_symbol": rec.close_symbol,
-                "close_plan_id": rec.close_plan_id,
-                "created_at": rec.created_ms / 1000,
-                "rotation_id": rec.rotation_id,
-                "deadline": rec.deadline_ms / 1000,
-            }
-            ops.add("SET", k.lock(rec.new_plan_id), encode_json(lock))
+            ops.add("SET", k.lock(rec.new_plan_id), encode_json(lock_body(rec)))
         else:
             ops.add("SREM", k.inflight, rec.rotation_id)
             ops.add("ZREM", k.deadlines, rec.rotation_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..diagram import render_path
-from ..explain import explain, status
+from ..explain import book_now, explain, rotation_hashes
 from ..keys import Keys
 from ..messages import RotationRecord, rotation_from_hash
 from ..store import AnyRedis
@@ -100,12 +100,7 @@ async def finished_rotations(
         pipe.zrevrangebyscore(keys.finished, now_ms, low, start=0, num=RECENT_FINISHED)
         pipe.zcount(keys.finished, low, now_ms)
         ids, total = await pipe.execute()
-    if not ids:
-        return [], int(total)
-    async with redis.pipeline(transaction=False) as pipe:
-        for rid in ids:
-            pipe.hgetall(keys.rotation(_text(rid)))
-        hashes = await pipe.execute()
+    hashes = await rotation_hashes(redis, keys, [_text(rid) for rid in ids])
     return [_finished_row(rotation_from_hash(raw)) for raw in hashes if raw], int(total)
 
 
@@ -118,7 +113,7 @@ async def console_state(
     redis: AnyRedis, keys: Keys, now_ms: int, *, window_s: float = HOUR_S
 ) -> dict[str, Any]:
     """Everything the console's main page draws, for one book."""
-    book = await status(redis, keys, 0.0, now_ms)  # finished ones: counted below, capped
+    book = await book_now(redis, keys, now_ms)
     slots = book["slots"]
     finished, finished_total = await finished_rotations(redis, keys, now_ms, window_s)
     return {

@@ -30,7 +30,7 @@ from rotation_fsm.service import Running, run_engine
 from rotation_fsm.settings import load_settings
 from services.paper_exchange.book import PaperBook
 from services.paper_exchange.protocol import make_app
-from tests.stubs import UNIVERSE
+from tests.stubs import UNIVERSE, plan_fields
 
 API_KEY = "test-key-AAAA1111"
 API_SECRET = "test-secret-BBBB2222"
@@ -117,16 +117,7 @@ class Stack:
         self.engines.clear()
 
     async def send_plan(self, plan_id: str, symbol: str = "NEWUSDT", **extra: str) -> str:
-        fields = {
-            "plan_id": plan_id,
-            "symbol": symbol,
-            "decision": "EXECUTE",
-            "action": "OPEN_LONG",
-            "side": "BUY",
-            "qty": "0.1",
-            "timestamp": f"{time.time():.3f}",
-            **extra,
-        }
+        fields = plan_fields(plan_id, symbol, **{"timestamp": f"{time.time():.3f}", **extra})
         return _text(await self.redis.xadd(self.keys.plans, fields))
 
     async def send_raw(self, stream: str, fields: dict[bytes, bytes]) -> str:

@@ -37,15 +37,6 @@ BOOKS = ("a", "b", "c")  # CLUSTER KEYSLOT: a 15495, b 3300, c 7365 — one per 
 FULL = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]  # the last is the weakest (Stack.fill_book)
 DESIRED = 3  # no klines on the paper books: regime UNKNOWN → the CHOP slot count
 FINAL_EVENTS = frozenset({R.EV_COMPLETE, R.EV_TIMEOUT, R.EV_CLOSE_REJECTED, R.EV_ABORTED})
-FINAL_BLOCKS = frozenset(
-    {
-        R.ROTATION_TIMEOUT,
-        R.ROTATION_CLOSE_REJECTED,
-        R.ROTATION_ABORTED,
-        R.NO_POLICY,
-        R.NOT_IN_UNIVERSE,
-    }
-)
 ENGINE_ENV = {
     "REDIS_CLUSTER": "1",
     "GOV_BOOKS": ",".join(BOOKS),
@@ -189,7 +180,7 @@ async def book_streams(client: RedisCluster, keys: Keys) -> BookStreams:
 
 
 def _is_final(decision: dict[str, str]) -> bool:
-    return decision["decision"] == R.ALLOW or decision["reason"] in FINAL_BLOCKS
+    return R.is_final(decision["decision"], decision["reason"])
 
 
 def assert_book_invariants(book: BookStreams, held_at_start: list[str]) -> None:

@@ -99,15 +99,6 @@ REGIMES = list(Regime)
 LOCK_TTL_MS = 30_000
 RESERVATION_TTL_MS = 20_000
 
-FINAL_BLOCKS = frozenset(
-    {
-        R.ROTATION_TIMEOUT,
-        R.ROTATION_CLOSE_REJECTED,
-        R.ROTATION_ABORTED,
-        R.NO_POLICY,
-        R.NOT_IN_UNIVERSE,
-    }
-)
 IN_FLIGHT = "CLOSE_EMITTED"
 END_EVENTS = {
     R.EV_COMPLETE: ("CONFIRMED", R.ALLOW, R.ROTATION_COMPLETE),
@@ -118,7 +109,7 @@ END_EVENTS = {
 
 
 def is_final(d: Decision) -> bool:
-    return d.decision == R.ALLOW or d.reason in FINAL_BLOCKS
+    return R.is_final(d.decision, d.reason)
 
 
 def reading(regime: Regime) -> RegimeReading:

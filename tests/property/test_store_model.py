@@ -61,7 +61,7 @@ from rotation_fsm.settings import Rules
 from rotation_fsm.store import Store
 from rotation_fsm.timer import Timer
 from services.paper_exchange.book import synthetic_klines
-from tests.stubs import NOW_MS
+from tests.stubs import NOW_MS, plan_fields
 
 T = TypeVar("T")
 GROUP = "rotation-fsm"
@@ -73,15 +73,6 @@ CLOSE_IDS = ["close-1", "close-2"]
 PNLS = [-0.3, -0.1, -0.02, 0.0, 0.2]
 LOCK_TTL_MS = 30_000
 RESERVATION_TTL_MS = 20_000
-FINAL_BLOCKS = frozenset(
-    {
-        R.ROTATION_TIMEOUT,
-        R.ROTATION_CLOSE_REJECTED,
-        R.ROTATION_ABORTED,
-        R.NO_POLICY,
-        R.NOT_IN_UNIVERSE,
-    }
-)
 END_EVENTS = {
     R.EV_COMPLETE: "CONFIRMED",
     R.EV_TIMEOUT: "TIMED_OUT",
@@ -350,17 +341,8 @@ class StoreModel(RuleBasedStateMachine):
         self.run(go())
 
     def _open_fields(self, plan_id: str, symbol: str, confidence: str | None) -> dict[str, str]:
-        fields = {
-            "plan_id": plan_id,
-            "symbol": symbol,
-            "decision": "EXECUTE",
-            "action": "OPEN_LONG",
-            "side": "BUY",
-            "qty": "1",
-        }
-        if confidence is not None:
-            fields["confidence"] = confidence
-        return fields
+        extra = {"confidence": confidence} if confidence is not None else {}
+        return plan_fields(plan_id, symbol, qty="1", **extra)
 
     def _plan_symbol(self, plan_id: str, symbol: str) -> str:
         """A plan id keeps the symbol it was first sent with (resends are identical)."""
@@ -770,7 +752,7 @@ class StoreModel(RuleBasedStateMachine):
 
 
 def _final(d: dict[str, str]) -> bool:
-    return d["decision"] == R.ALLOW or d["reason"] in FINAL_BLOCKS
+    return R.is_final(d["decision"], d["reason"])
 
 
 def test_two_engines_on_one_redis_keep_the_invariants() -> None:
