@@ -93,7 +93,7 @@ from .decide import Abort, BadIn, PlanIn, ResultIn, Tick
 from .keys import Keys
 from .machine import FINAL, State
 from .market import OPEN_QTY_EPSILON
-from .messages import BadEntry, RotationRecord, rotation_from_hash
+from .messages import BadEntry, RotationRecord, as_text_lenient, fields_text, rotation_from_hash
 from .redis_process import RedisProcess, free_port
 from .settings import Rules
 from .stack import DEFAULTS, Service, _until_ready
@@ -667,17 +667,13 @@ def _set_keys(data: bytes) -> tuple[list[bytes], bool]:
     return keys, True
 
 
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
 async def read_stream(redis: Redis, stream: str, chunk: int = 5000) -> list[Entry]:
     """Every entry of `stream`, fields decoded leniently (a malformed entry stays visible)."""
     out: list[Entry] = []
     start = "-"
     while True:
         batch = await redis.xrange(stream, min=start, max="+", count=chunk)
-        out += [(_text(eid), {_text(k): _text(v) for k, v in raw.items()}) for eid, raw in batch]
+        out += [(as_text_lenient(eid), fields_text(raw, "replace")) for eid, raw in batch]
         if len(batch) < chunk:
             return out
         start = f"({out[-1][0]}"
@@ -705,7 +701,7 @@ async def read_rotations(redis: Redis, keys: Keys) -> list[RotationRecord]:
         try:
             records.append(rotation_from_hash(raw))
         except BadEntry:
-            log.error("unreadable rotation hash %s", _text(name))
+            log.error("unreadable rotation hash %s", as_text_lenient(name))
     return sorted(records, key=lambda r: (r.created_ms, r.rotation_id))
 
 
@@ -714,10 +710,10 @@ async def unacked(redis: Redis, stream: str, logical: str, group: str) -> list[s
     if not await redis.exists(stream):
         return []
     pending = await redis.xpending_range(stream, group, min="-", max="+", count=1_000_000)
-    ids = [_text(p["message_id"]) for p in pending]
-    info = {_text(g["name"]): g for g in await redis.xinfo_groups(stream)}
-    last = _text(info[group]["last-delivered-id"]) if group in info else "0-0"
-    ids += [_text(eid) for eid, _ in await redis.xrange(stream, min=f"({last}", max="+")]
+    ids = [as_text_lenient(p["message_id"]) for p in pending]
+    info = {as_text_lenient(g["name"]): g for g in await redis.xinfo_groups(stream)}
+    last = as_text_lenient(info[group]["last-delivered-id"]) if group in info else "0-0"
+    ids += [as_text_lenient(eid) for eid, _ in await redis.xrange(stream, min=f"({last}", max="+")]
     return [f"{logical} {eid}" for eid in ids]
 
 
@@ -913,7 +909,7 @@ class _Recorder:
 
     async def xadd(self, name: str, fields: Any, **kwargs: Any) -> Any:
         entry_id = await self._redis.xadd(name, fields, **kwargs)
-        self._produced.ids.append(f"{self._streams[name]} {_text(entry_id)}")
+        self._produced.ids.append(f"{self._streams[name]} {as_text_lenient(entry_id)}")
         return entry_id
 
     async def hset(self, *args: Any, **kwargs: Any) -> Any:
@@ -1291,9 +1287,9 @@ async def _drained(
     `abandoned_after_ms`, at least pending that long (given up on by its reader)."""
     if not await redis.exists(stream):
         return True
-    last = _text((await redis.xinfo_stream(stream))["last-generated-id"])
-    info = {_text(g["name"]): g for g in await redis.xinfo_groups(stream)}.get(group)
-    if info is None or _text(info["last-delivered-id"]) != last:
+    last = as_text_lenient((await redis.xinfo_stream(stream))["last-generated-id"])
+    info = {as_text_lenient(g["name"]): g for g in await redis.xinfo_groups(stream)}.get(group)
+    if info is None or as_text_lenient(info["last-delivered-id"]) != last:
         return False
     pending = int(info["pending"])
     if pending and abandoned_after_ms is not None:

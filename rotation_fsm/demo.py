@@ -43,6 +43,7 @@ from services.paper_exchange.protocol import make_app
 
 from . import reasons as R
 from .keys import Keys
+from .messages import as_text, fields_text
 from .redis_process import RedisProcess, find_redis_server
 from .regime import Regime
 from .service import Running, run_engine
@@ -88,14 +89,6 @@ def _short(plan_id: str) -> str:
     return plan_id if plan_id.startswith("rot_") else plan_id[:8]
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _fields(raw: Mapping[Any, Any]) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in raw.items()}
-
-
 # ---------------------------------------------------------------- the timeline
 
 
@@ -128,10 +121,10 @@ class Timeline:
             reply: Any = await self.redis.xread(cursors, count=200, block=500)
             batch: list[tuple[str, str, dict[str, str]]] = []
             for stream, entries in reply or []:
-                name = _text(stream)
+                name = as_text(stream)
                 for entry_id, raw in entries:
-                    cursors[name] = _text(entry_id)
-                    batch.append((_text(entry_id), self.streams[name], _fields(raw)))
+                    cursors[name] = as_text(entry_id)
+                    batch.append((as_text(entry_id), self.streams[name], fields_text(raw)))
             # Entry ids are times: one ordered story across the four streams.
             batch.sort(key=lambda item: tuple(int(p) for p in item[0].split("-")))
             async with self._changed:
@@ -493,7 +486,7 @@ def render(s: Summary, lost: int) -> str:
 async def read_summary(redis: Redis, keys: Keys, since: str) -> Summary:
     async def entries(stream: str) -> list[dict[str, str]]:
         found: Any = await redis.xrange(stream, min=since)
-        return [_fields(raw) for _, raw in found]
+        return [fields_text(raw) for _, raw in found]
 
     return summarize(
         await entries(keys.plans),

@@ -37,6 +37,8 @@ from .messages import (
     Plan,
     PlanRecord,
     RotationRecord,
+    as_text,
+    fields_text,
     plan_record_decoder,
     rotation_from_hash,
 )
@@ -82,10 +84,6 @@ _SLOTS_VAR = {
     Regime.CHOP: "GOV_ACTIVE_SLOTS_CHOP",
     Regime.UNKNOWN: "GOV_ACTIVE_SLOTS_CHOP",
 }
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 # ================================================================ the numbers of one decision
@@ -453,10 +451,6 @@ def outcome(rec: RotationRecord) -> str:
 # ================================================================ reading Redis
 
 
-def _decoded(raw: dict[Any, Any]) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in raw.items()}
-
-
 async def _page(redis: AnyRedis, key: str, low: str, high: str, newest_first: bool) -> list[Any]:
     if newest_first:
         return await redis.xrevrange(key, max=high, min=low, count=PAGE) or []
@@ -478,10 +472,10 @@ async def _scan(
         page = await _page(redis, key, low, high, newest_first)
         for entry_id, raw in page[: limit - seen]:
             seen += 1
-            yield _text(entry_id), raw
+            yield as_text(entry_id), raw
         if len(page) < PAGE:
             return
-        after = "(" + _text(page[-1][0])  # exclusive bounds: Redis >= 6.2
+        after = "(" + as_text(page[-1][0])  # exclusive bounds: Redis >= 6.2
         high, low = (after, low) if newest_first else (high, after)
 
 
@@ -493,7 +487,7 @@ async def _mentions(
     quoted = json.dumps(needle).encode()
     async for entry_id, raw in _scan(redis, keys.audit, **scan):
         if quoted in raw.get(b"body", b""):
-            yield parse_audit(entry_id, _decoded(raw), keys.audit)
+            yield parse_audit(entry_id, fields_text(raw), keys.audit)
 
 
 def _plan_window(record: PlanRecord) -> tuple[int, int]:
@@ -515,7 +509,7 @@ async def _events_of(redis: AnyRedis, keys: Keys, rec: RotationRecord) -> list[d
         redis, keys.events, low=str(rec.created_ms - SKEW_MS), high=str(last + AFTER_MS)
     ):
         if raw.get(b"rotation_id") == wanted:
-            out.append(_decoded(raw))
+            out.append(fields_text(raw))
     return out
 
 
@@ -675,7 +669,7 @@ async def explain(redis: AnyRedis, keys: Keys, some_id: str) -> Story | None:
     story = await explain_plan(redis, keys, some_id, record)
     owner = await redis.get(keys.close_index(some_id))
     if owner is not None:
-        owned = await _rotation(redis, keys, _text(owner))
+        owned = await _rotation(redis, keys, as_text(owner))
         if owned is not None:
             told = await explain_rotation(redis, keys, owned)
             story = story or Story([f"close plan {some_id}"], {"kind": "plan", "plan_id": some_id})
@@ -692,7 +686,7 @@ async def _newest_snapshot(redis: AnyRedis, keys: Keys) -> Recorded | None:
     async for entry_id, raw in _scan(redis, keys.audit, newest_first=True):
         if b'"positions":[' not in raw.get(b"body", b""):  # no snapshot: skip unparsed
             continue
-        found = parse_audit(entry_id, _decoded(raw), keys.audit)
+        found = parse_audit(entry_id, fields_text(raw), keys.audit)
         if isinstance(found.entry, AuditBatch) and found.entry.market.positions is not None:
             return found
     return None
@@ -729,13 +723,13 @@ async def book_now(redis: AnyRedis, keys: Keys, now_ms: int) -> dict[str, Any]:
         res = json.loads(body)
         reservations.append(
             {
-                "symbol": _text(symbol),
+                "symbol": as_text(symbol),
                 "plan_id": res.get("plan_id", ""),
                 "until": iso_ms(int(res.get("until_ms", 0))),
                 "left_s": round((int(res.get("until_ms", 0)) - now_ms) / 1000, 3),
             }
         )
-    ids = sorted(_text(m) for m in inflight_raw)
+    ids = sorted(as_text(m) for m in inflight_raw)
     in_flight = [
         _flight_json(_record(rid, raw), now_ms)
         for rid, raw in zip(ids, await rotation_hashes(redis, keys, ids), strict=True)
@@ -760,9 +754,9 @@ async def finished_counts(
     if ended:
         async with redis.pipeline(transaction=False) as pipe:
             for rotation_id in ended:
-                pipe.hget(keys.rotation(_text(rotation_id)), "state")
+                pipe.hget(keys.rotation(as_text(rotation_id)), "state")
             states = await pipe.execute()
-        counts.update(_text(s) if s is not None else "EXPIRED" for s in states)
+        counts.update(as_text(s) if s is not None else "EXPIRED" for s in states)
     return {"window_s": window_s, "counts": dict(sorted(counts.items())), "total": len(ended)}
 
 

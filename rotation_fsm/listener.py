@@ -19,7 +19,7 @@ from redis.exceptions import ResponseError
 from .decide import BadIn, Input, PlanIn, ResultIn
 from .engine import BookEngine
 from .keys import Keys
-from .messages import BadEntry, parse_plan, parse_result
+from .messages import BadEntry, as_text, parse_plan, parse_result
 from .store import AnyRedis
 
 log = logging.getLogger("rotation_fsm.listener")
@@ -145,9 +145,9 @@ class Listener:
                     count=self.count,
                 )
                 # [cursor, entries] on 6.2, [cursor, entries, deleted] on 7: never unpack 3.
-                cursor = _text(reply[0])
+                cursor = as_text(reply[0])
                 for entry_id, fields in reply[1]:
-                    claimed.append((logical, _text(entry_id), fields))
+                    claimed.append((logical, as_text(entry_id), fields))
                 if cursor == "0-0" or not reply[1]:
                     break
         if claimed:
@@ -172,10 +172,6 @@ class Listener:
         return self.keys.plans if logical == "plans" else self.keys.results
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _entries(
     reply: Any, streams: dict[str, str]
 ) -> list[tuple[str, str, dict[bytes, bytes] | None]]:
@@ -185,8 +181,8 @@ def _entries(
     items: Iterable[Any] = reply.items() if isinstance(reply, dict) else reply
     out: list[tuple[str, str, dict[bytes, bytes] | None]] = []
     for stream, entries in items:
-        logical = streams[_text(stream)]
+        logical = streams[as_text(stream)]
         for entry in entries:
             entry_id, fields = entry[0], entry[1]
-            out.append((logical, _text(entry_id), fields if fields else None))
+            out.append((logical, as_text(entry_id), fields if fields else None))
     return out

@@ -9,6 +9,7 @@ field and value. Output structs turn into flat string fields for XADD with
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import msgspec
@@ -330,6 +331,21 @@ def rotation_from_hash(raw: dict[bytes, bytes] | dict[str, str]) -> RotationReco
 plan_record_decoder = msgspec.json.Decoder(PlanRecord)
 reservation_decoder = msgspec.json.Decoder(Reservation)
 hold_decoder = msgspec.json.Decoder(Hold)
+
+
+def as_text(value: object, errors: str = "strict") -> str:
+    """A Redis reply (or anything) as text: bytes decoded as UTF-8, the rest `str()`."""
+    return value.decode(errors=errors) if isinstance(value, bytes) else str(value)
+
+
+def fields_text(raw: Mapping[Any, Any], errors: str = "strict") -> dict[str, str]:
+    """A stream entry's or hash's fields as text (see `as_text`)."""
+    return {as_text(k, errors): as_text(v, errors) for k, v in raw.items()}
+
+
+def as_text_lenient(value: object) -> str:
+    """`as_text` for showing and checking: invalid UTF-8 replaced, never raised."""
+    return as_text(value, errors="replace")
 
 
 def lock_body(rec: RotationRecord) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
 
+from .messages import as_text
 from .redis_process import HOST, RedisProcess, RedisProcessError, RedisStartError
 
 __all__ = ["ClusterNodeView", "RedisClusterError", "RedisClusterProcess", "split_slots"]
@@ -155,10 +156,6 @@ def _client(port: int) -> redis.Redis:
         socket_connect_timeout=1,
         retry=Retry(NoBackoff(), 0),
     )
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _port_pair_free(port: int) -> bool:
@@ -363,7 +360,8 @@ class RedisClusterProcess:
             for node in everyone[1:]:
                 clients[everyone[0].port].execute_command("CLUSTER", "MEET", HOST, node.port)
             ids = {
-                n.port: _text(clients[n.port].execute_command("CLUSTER", "MYID")) for n in everyone
+                n.port: as_text(clients[n.port].execute_command("CLUSTER", "MYID"))
+                for n in everyone
             }
             # A replica can only follow a master it has already heard of.
             self._until(
@@ -380,7 +378,7 @@ class RedisClusterProcess:
     def _view_from(self, port: int) -> dict[int, ClusterNodeView]:
         """What the node on `port` thinks of every node, by port."""
         with _client(port) as client:
-            text = _text(client.execute_command("CLUSTER", "NODES"))
+            text = as_text(client.execute_command("CLUSTER", "NODES"))
         return {v.port: v for v in parse_cluster_nodes(text).values()}
 
     def _all_views(self) -> list[dict[int, ClusterNodeView]]:

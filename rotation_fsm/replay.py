@@ -37,7 +37,7 @@ from .decide import Abort, Decided, Effect, Emit, Extend, Market, SaveRotation, 
 from .keys import Keys
 from .machine import IN_FLIGHT, Trigger, is_legal
 from .memory import MemoryBook
-from .messages import RotationRecord
+from .messages import RotationRecord, as_text, fields_text
 from .settings import RULE_SPECS, Rules, SettingError, Settings, load_settings, rules_from
 from .store import AnyRedis
 from .timeline import iso_ms, listing, state_changes, table, to_json
@@ -112,10 +112,6 @@ def _bound_key(bound: str, *, end: bool) -> tuple[int, int]:
     return int(ms), int(seq) if seq else (_MAX if end else 0)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 # ---------------------------------------------------------------- dump
 
 
@@ -123,9 +119,9 @@ def dump_record(stream: str, entry_id: bytes | str, raw: Mapping[Any, Any]) -> d
     """One line of a dump. Fields are decoded as UTF-8 entry by entry; an entry with
     any invalid byte keeps every key and value as base64 instead (`"encoding": "base64"`),
     so nothing is lost and one bad entry does not spoil the file."""
-    eid = _text(entry_id)
+    eid = as_text(entry_id)
     try:
-        fields = {_text(k): _text(v) for k, v in raw.items()}
+        fields = fields_text(raw)
     except UnicodeDecodeError:
         encoded = {
             base64.b64encode(_raw(k)).decode(): base64.b64encode(_raw(v)).decode()
@@ -147,10 +143,10 @@ async def _entries(
     while True:
         page: list[Any] = await redis.xrange(key, min=start, max=until, count=PAGE) or []
         for entry_id, raw in page:
-            yield _text(entry_id), raw
+            yield as_text(entry_id), raw
         if len(page) < PAGE:
             return
-        start = "(" + _text(page[-1][0])  # exclusive: Redis >= 6.2
+        start = "(" + as_text(page[-1][0])  # exclusive: Redis >= 6.2
 
 
 async def read_streams(redis: AnyRedis, keys: Keys, since: str, until: str) -> list[dict[str, Any]]:
@@ -283,7 +279,7 @@ async def read_audit(redis: AnyRedis, keys: Keys, since: str, until: str) -> lis
     async for entry_id, raw in _entries(redis, keys.audit, since, until):
         where = f"{keys.audit}"
         try:
-            fields = {_text(k): _text(v) for k, v in raw.items()}
+            fields = fields_text(raw)
         except UnicodeDecodeError:
             raise Unreadable(f"{where}: audit entry {entry_id} is not UTF-8 text") from None
         out.append(parse_audit(entry_id, fields, where))

@@ -22,6 +22,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from ..messages import as_text_lenient, fields_text
 from ..store import Store
 
 log = logging.getLogger("rotation_fsm.web")
@@ -29,10 +30,6 @@ log = logging.getLogger("rotation_fsm.web")
 BLOCK_MS = 1000  # below redis-py's default socket timeout (5 s)
 KINDS = ("decisions", "events", "audit")
 QUEUE = 256
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 @dataclass
@@ -57,10 +54,7 @@ class Hub:
     async def close(self) -> None:
         """End every page's stream (None tells it) and stop reading: the server is
         shutting down and would otherwise wait for those streams."""
-        for queue in list(self.subscribers):
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait(None)
+        self.publish(None)
         self.subscribers.clear()
         if self._task is not None:
             self._task.cancel()
@@ -99,12 +93,16 @@ class Hub:
         reply = await store.redis.xread(streams, count=100, block=block)
         items = reply.items() if isinstance(reply, dict) else reply or []
         for stream, entries in items:
-            kind = names[_text(stream)]
+            kind = names[as_text_lenient(stream)]
             for entry_id, fields in entries:
-                cursors[(book, kind)] = _text(entry_id)
-                message: dict[str, Any] = {"kind": kind, "book": book, "id": _text(entry_id)}
+                cursors[(book, kind)] = as_text_lenient(entry_id)
+                message: dict[str, Any] = {
+                    "kind": kind,
+                    "book": book,
+                    "id": as_text_lenient(entry_id),
+                }
                 if kind != "audit":  # an audit entry is large and says nothing new here
-                    message["fields"] = {_text(k): _text(v) for k, v in fields.items()}
+                    message["fields"] = fields_text(fields, "replace")
                 self.publish(message)
 
 

@@ -12,16 +12,12 @@ from typing import Any
 from ..diagram import render_path
 from ..explain import book_now, explain, rotation_hashes
 from ..keys import Keys
-from ..messages import RotationRecord, rotation_from_hash
+from ..messages import RotationRecord, as_text_lenient, fields_text, rotation_from_hash
 from ..store import AnyRedis
 
 HOUR_S = 3600.0
 RECENT_DECISIONS = 200
 RECENT_FINISHED = 50
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 def entry_ms(entry_id: str) -> int:
@@ -73,7 +69,10 @@ async def recent_decisions(redis: AnyRedis, keys: Keys, count: int) -> list[dict
     """The newest `count` decisions, newest first."""
     rows = await redis.xrevrange(keys.decisions, count=count)
     return [
-        _decision_row(_text(eid), {_text(k): _text(v) for k, v in fields.items()})
+        _decision_row(
+            as_text_lenient(eid),
+            fields_text(fields, "replace"),
+        )
         for eid, fields in rows
     ]
 
@@ -100,13 +99,13 @@ async def finished_rotations(
         pipe.zrevrangebyscore(keys.finished, now_ms, low, start=0, num=RECENT_FINISHED)
         pipe.zcount(keys.finished, low, now_ms)
         ids, total = await pipe.execute()
-    hashes = await rotation_hashes(redis, keys, [_text(rid) for rid in ids])
+    hashes = await rotation_hashes(redis, keys, [as_text_lenient(rid) for rid in ids])
     return [_finished_row(rotation_from_hash(raw)) for raw in hashes if raw], int(total)
 
 
 async def paused(redis: AnyRedis, keys: Keys) -> bool:
     raw = await redis.hget(keys.settings, "GOV_ENTRIES_PAUSED")
-    return raw is not None and _text(raw).strip().lower() in ("1", "true", "yes", "on")
+    return raw is not None and as_text_lenient(raw).strip().lower() in ("1", "true", "yes", "on")
 
 
 async def console_state(

@@ -36,7 +36,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from rotation_fsm import reasons as R
 from rotation_fsm.keys import Keys
 from rotation_fsm.market import Kline
-from rotation_fsm.messages import CLOSE_ACTIONS, BadEntry, decode_fields
+from rotation_fsm.messages import CLOSE_ACTIONS, BadEntry, as_text, decode_fields
 from rotation_fsm.regime import Regime
 from rotation_fsm.settings import parse_bool
 
@@ -208,10 +208,6 @@ def _reprice_margin(book: PaperBook) -> None:
     )
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _qty_text(qty: float) -> str:
     return f"{qty:.8f}".rstrip("0").rstrip(".") or "0"
 
@@ -338,7 +334,7 @@ class ApplyLoop:
                 raise
             await self.ensure_group()  # Redis lost its state: start again at `$`
             return []
-        return [(_text(eid), raw) for _, batch in _streams(reply) for eid, raw in batch]
+        return [(as_text(eid), raw) for _, batch in _streams(reply) for eid, raw in batch]
 
     async def drain(self) -> None:
         """Wait for every order already read to be answered."""
