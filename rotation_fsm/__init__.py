@@ -9,9 +9,14 @@ from .machine import FINAL, IN_FLIGHT, IllegalTransition, State, Trigger
 from .messages import BadEntry, Plan, Result, RotationRecord, parse_plan, parse_result
 from .settings import Rules, SettingError, Settings, load_settings
 
-__version__ = "0.1.0"
+#: the package's version, written here only (pyproject.toml reads it; CHANGELOG.md tells it)
+__version__ = "0.2.0"
+#: the version of the external contract (streams, keys, fields, reasons, settings,
+#: commands) this build speaks; it changes only with the contract document
+CONTRACT_VERSION = "1.1"
 
 __all__ = [
+    "CONTRACT_VERSION",
     "FINAL",
     "IN_FLIGHT",
     "BadEntry",

@@ -15,6 +15,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from . import CONTRACT_VERSION, __version__
+
 
 def setup_logging(verbose: bool = False) -> None:
     """One line per record on stderr."""
@@ -23,6 +25,11 @@ def setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def version_line() -> str:
+    """What `--version` prints: this package's version and the contract's it speaks."""
+    return f"rotation-fsm {__version__} (contract {CONTRACT_VERSION})"
 
 
 def _redis(p: argparse.ArgumentParser) -> None:
@@ -64,6 +71,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rotation-fsm", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True)
     p = {name: sub.add_parser(name, help=text) for name, (_, text) in COMMANDS.items()}
 
