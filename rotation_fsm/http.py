@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,7 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .book_gauges import read_book_gauges
 from .controls import Controls, Refused
 from .machine import IN_FLIGHT
 from .metrics import Metrics
@@ -58,9 +60,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     health, m = request.app[HEALTH], request.app[METRICS]
+    now_ms = int(time.time() * 1000)
     for book, store in health.stores.items():
         with contextlib.suppress(Exception):  # a scrape during an outage still answers
-            m.in_flight.labels(book or "-").set(await store.redis.scard(store.keys.inflight))
+            await read_book_gauges(m, book or "-", store.redis, store.keys, store.group, now_ms)
     return web.Response(
         body=generate_latest(m.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )

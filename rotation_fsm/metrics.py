@@ -56,6 +56,43 @@ class Metrics:
         self.redis_up = Gauge(
             "rotation_redis_up", "1 when the last Redis call succeeded", registry=self.registry
         )
+        # Read per book when scraped (book_gauges.py), so every replica reports the same.
+        self.slots_desired = Gauge(
+            "rotation_slots_desired",
+            "Slots the regime allows, as of the book's newest decision",
+            ["book"],
+            registry=self.registry,
+        )
+        self.slots_free = Gauge(
+            "rotation_slots_free",
+            "Free slots, as of the book's newest decision",
+            ["book"],
+            registry=self.registry,
+        )
+        self.regime = Gauge(
+            "rotation_regime",
+            "1 for the book's regime as of its newest decision, 0 for the others",
+            ["book", "regime"],
+            registry=self.registry,
+        )
+        self.timer_lag = Gauge(
+            "rotation_timer_lag_seconds",
+            "How long the oldest rotation deadline has been overdue (0: none overdue)",
+            ["book"],
+            registry=self.registry,
+        )
+        self.group_pending = Gauge(
+            "rotation_group_pending",
+            "Entries delivered to the consumer group and not yet acknowledged",
+            ["book", "stream"],
+            registry=self.registry,
+        )
+        self.group_lag = Gauge(
+            "rotation_group_lag",
+            "Entries not yet delivered to the consumer group (Redis >= 7)",
+            ["book", "stream"],
+            registry=self.registry,
+        )
 
     def _decided(self, verdict: str, reason: str) -> Any:
         # labels() takes a lock and builds a key on every call: keep the children.

@@ -3,7 +3,8 @@
 Starts its own `redis-server` (AOF on) unless `--redis-url` is given, then the
 paper exchange (`python -m services.paper_exchange`), two engine replicas in one
 consumer group (`python -m rotation_fsm.cli run`, distinct `GOV_CONSUMER_NAME`
-and `METRICS_PORT`) and the intent simulator — each a child process, started in
+and `METRICS_PORT`), the intent simulator and, when `prometheus` is on PATH, a
+Prometheus scraping them with the alert rules of deploy/ — each a child process, started in
 dependency order like compose's `depends_on: service_healthy`. Their output is
 relayed line by line, prefixed with the service name. Ctrl-C or SIGTERM (or the
 end of `--seconds`) stops them all, newest first; exit 0, or 1 if a service died.
@@ -21,14 +22,17 @@ import contextlib
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from .keys import Keys
+from .prometheus_config import RULES, config_text, find_prometheus, prometheus_argv
 from .redis_process import RedisProcess, _die_with_parent, find_redis_server, free_port
 
 #: defaults for a local run, overridden by the environment (docker-compose.yml has the same)
@@ -158,6 +162,7 @@ class Stack:
     redis_url: str
     env: Mapping[str, str]
     services: list[Service] = field(default_factory=list)
+    _workdir: tempfile.TemporaryDirectory[str] | None = None
 
     async def up(self) -> None:
         """Start every service in dependency order; raise StackError if one fails."""
@@ -188,7 +193,32 @@ class Stack:
             await _until_ready(url, engine, START_TIMEOUT_S)
         simulator = self._add("intent-simulator", [exe, "-m", "services.intent_simulator"])
         await simulator.start(_write)
-        self._announce(paper_port, [url.rsplit("/", 1)[0] for url, _ in ready])
+        engines = [url.rsplit("/", 1)[0] for url, _ in ready]
+        prometheus = await self._prometheus(paper_port, engines)
+        self._announce(paper_port, engines, prometheus)
+
+    async def _prometheus(self, paper_port: int, engines: list[str]) -> str | None:
+        """Start `prometheus` scraping the engines and the exchange when it is on PATH
+        (its data in a temporary directory); its address, or None."""
+        binary = find_prometheus()
+        if binary is None:
+            return None
+        self._workdir = tempfile.TemporaryDirectory(prefix="rotation-fsm-prometheus-")
+        work = Path(self._workdir.name)
+        config = work / "prometheus.yml"
+        targets = [url.removeprefix("http://") for url in engines]
+        rules = [RULES] if RULES.exists() else []
+        config.write_text(config_text(targets, f"127.0.0.1:{paper_port}", rules=rules))
+        listen = f"127.0.0.1:{free_port()}"
+        service = Service(
+            "prometheus",
+            prometheus_argv(binary, config, work / "data", listen),
+            {"PATH": os.environ.get("PATH", "")},
+        )
+        self.services.append(service)
+        await service.start(_write)
+        await _until_ready(f"http://{listen}/-/ready", service, START_TIMEOUT_S)
+        return f"http://{listen}"
 
     def _add(self, name: str, argv: list[str], **wiring: str) -> Service:
         env = service_env(self.env, {"REDIS_URL": self.redis_url, **wiring})
@@ -196,8 +226,13 @@ class Stack:
         self.services.append(service)
         return service
 
-    def _announce(self, paper_port: int, engines: list[str]) -> None:
+    def _announce(self, paper_port: int, engines: list[str], prometheus: str | None) -> None:
         keys = Keys()
+        if prometheus is None:
+            scraper = "  prometheus        not started (no `prometheus` on PATH)"
+        else:
+            rules = "alert rules loaded" if RULES.exists() else "no alert rules"
+            scraper = f"  prometheus        {prometheus}  (engines and exchange; {rules})"
         lines = [
             f"  paper-exchange    http://127.0.0.1:{paper_port}  (Binance USD-M futures REST)",
             *(
@@ -205,6 +240,7 @@ class Stack:
                 for name, url in zip(REPLICAS, engines, strict=True)
             ),
             f"  intent-simulator  -> {keys.plans}",
+            scraper,
         ]
         _write("\n".join(lines))
 
@@ -221,6 +257,8 @@ class Stack:
             code = await service.stop()
             if code is not None:
                 _write(f"{service.name:<16}| stopped (exit code {code})")
+        if self._workdir is not None:
+            self._workdir.cleanup()
 
 
 async def _watch(stack: Stack, stop: asyncio.Event, seconds: float) -> int:

@@ -20,6 +20,8 @@ from aiohttp.typedefs import Handler
 from rotation_fsm.market import Kline
 
 from .book import PaperBook
+from .metrics import PATH as METRICS_PATH
+from .metrics import metrics_handler
 
 BOOK = web.AppKey("book", PaperBook)
 API_KEY = web.AppKey("api_key", str)
@@ -44,6 +46,7 @@ def make_app(book: PaperBook, *, api_key: str, api_secret: str) -> web.Applicati
     app.router.add_get("/fapi/v2/account", _account)
     app.router.add_get("/fapi/v1/klines", _klines)
     app.router.add_get("/fapi/v1/time", _time)
+    app.router.add_get(METRICS_PATH, metrics_handler(book))
     return app
 
 
@@ -58,6 +61,8 @@ def _dec(value: float) -> str:
 
 @web.middleware
 async def _count_and_fault(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path == METRICS_PATH:  # Prometheus's scrapes are neither counted nor faulted
+        return await handler(request)
     book = request.app[BOOK]
     book.requests[request.path] += 1
     fault = book.take_fault()

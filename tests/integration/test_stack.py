@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import tomllib
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from redis.asyncio import Redis
 from rotation_fsm import reasons as R
 from rotation_fsm.cli import COMMANDS
 from rotation_fsm.keys import Keys
+from rotation_fsm.prometheus_config import find_prometheus
 from rotation_fsm.settings import load_settings
 from services.intent_simulator import IntentSimulator, SimConfig
 from services.intent_simulator import load_config as load_sim_config
@@ -266,6 +268,43 @@ def test_stack_decides_plans_end_to_end_across_processes(stack_process: Any) -> 
     assert re.search(r"(?m)^paper-exchange\s*\| paper exchange listening", out)
     assert "intent simulator done" in out
     assert "redis             stopped" in out
+
+
+def _active_targets(prometheus: str, count: int, timeout_s: float) -> list[dict[str, Any]]:
+    """Prometheus's active targets once it lists `count` (it loads static targets a
+    few seconds after it says it is ready)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with urllib.request.urlopen(f"{prometheus}/api/v1/targets", timeout=5) as answer:
+            active: list[dict[str, Any]] = json.load(answer)["data"]["activeTargets"]
+        if len(active) >= count or time.monotonic() > deadline:
+            return active
+        time.sleep(0.2)  # polling another process's API: there is no event to await
+
+
+def test_stack_starts_prometheus_on_every_replica_and_the_exchange() -> None:
+    assert find_prometheus(), "prometheus is missing: apt-get install -y prometheus"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rotation_fsm.cli", "stack", "--seconds", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+    )  # fmt: skip
+    with proc:
+        lines = Lines(proc)
+        try:
+            address = lines.until(r"^  prometheus\s+(http://\S+)  .*alert rules loaded", 60)
+            active = _active_targets(address.group(1), count=3, timeout_s=20)
+            engines = {
+                m.group(1)
+                for m in re.finditer(
+                    r"(?m)^  engine-\d\s+http://(\S+)/healthz", "\n".join(lines.seen)
+                )
+            }
+        finally:
+            proc.terminate()
+            proc.wait(20)
+    jobs = sorted((t["labels"]["job"], t["labels"]["instance"]) for t in active)
+    assert [j for j, _ in jobs] == ["paper-exchange", "rotation-fsm", "rotation-fsm"]
+    assert {instance for job, instance in jobs if job == "rotation-fsm"} == engines
 
 
 # ------------------------------------------------------------------ rotation-fsm demo
