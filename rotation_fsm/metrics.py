@@ -56,42 +56,35 @@ class Metrics:
         self.redis_up = Gauge(
             "rotation_redis_up", "1 when the last Redis call succeeded", registry=self.registry
         )
+
         # Read per book when scraped (book_gauges.py), so every replica reports the same.
-        self.slots_desired = Gauge(
-            "rotation_slots_desired",
-            "Slots the regime allows, as of the book's newest decision",
-            ["book"],
-            registry=self.registry,
+        def per_book(name: str, doc: str, *labels: str) -> Gauge:
+            return Gauge(name, doc, ["book", *labels], registry=self.registry)
+
+        self.slots_desired = per_book(
+            "rotation_slots_desired", "Slots the regime allows, as of the book's newest decision"
         )
-        self.slots_free = Gauge(
-            "rotation_slots_free",
-            "Free slots, as of the book's newest decision",
-            ["book"],
-            registry=self.registry,
+        self.slots_free = per_book(
+            "rotation_slots_free", "Free slots, as of the book's newest decision"
         )
-        self.regime = Gauge(
+        self.regime = per_book(
             "rotation_regime",
             "1 for the book's regime as of its newest decision, 0 for the others",
-            ["book", "regime"],
-            registry=self.registry,
+            "regime",
         )
-        self.timer_lag = Gauge(
+        self.timer_lag = per_book(
             "rotation_timer_lag_seconds",
             "How long the oldest rotation deadline has been overdue (0: none overdue)",
-            ["book"],
-            registry=self.registry,
         )
-        self.group_pending = Gauge(
+        self.group_pending = per_book(
             "rotation_group_pending",
             "Entries delivered to the consumer group and not yet acknowledged",
-            ["book", "stream"],
-            registry=self.registry,
+            "stream",
         )
-        self.group_lag = Gauge(
+        self.group_lag = per_book(
             "rotation_group_lag",
             "Entries not yet delivered to the consumer group (Redis >= 7)",
-            ["book", "stream"],
-            registry=self.registry,
+            "stream",
         )
 
     def _decided(self, verdict: str, reason: str) -> Any:
