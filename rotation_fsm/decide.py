@@ -229,21 +229,40 @@ class BookView:
     close_index: dict[str, str] = field(default_factory=dict)
     entry_confidence: dict[str, float] = field(default_factory=dict)
     dead_lettered: set[str] = field(default_factory=set)  # "stream:entry_id"
+    # Symbols of the rotations in flight, computed once per change of them: asked for
+    # by every OPEN plan of a batch. Dropped by `apply` and at each batch's start.
+    _in_flight_symbols: tuple[frozenset[str], frozenset[str]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def rotation_targets(self) -> frozenset[str]:
         """Symbols being closed by a rotation in flight."""
-        return frozenset(
-            self.rotations[r].close_symbol for r in self.inflight if r in self.rotations
-        )
+        return self._rotation_symbols()[0]
 
     def rotation_entries(self) -> frozenset[str]:
         """Symbols a rotation in flight is waiting to open."""
-        return frozenset(self.rotations[r].new_symbol for r in self.inflight if r in self.rotations)
+        return self._rotation_symbols()[1]
+
+    def _rotation_symbols(self) -> tuple[frozenset[str], frozenset[str]]:
+        if self._in_flight_symbols is None:
+            recs = [self.rotations[r] for r in self.inflight if r in self.rotations]
+            self._in_flight_symbols = (
+                frozenset(r.close_symbol for r in recs),
+                frozenset(r.new_symbol for r in recs),
+            )
+        return self._in_flight_symbols
+
+    def forget_derived(self) -> None:
+        """Drop what was computed from the rotations (they were changed from outside)."""
+        self._in_flight_symbols = None
 
     def apply(self, effect: Effect) -> None:
         """Update the view as committing `effect` would update Redis."""
+        if isinstance(effect, Decided | Ack | Emit):
+            return  # most effects of a batch: nothing the view keeps
         match effect:
             case SaveRotation(record=rec):
+                self._in_flight_symbols = None
                 self.rotations[rec.rotation_id] = rec
                 self.close_index[rec.close_plan_id] = rec.rotation_id
                 if rec.state in IN_FLIGHT:
@@ -839,6 +858,7 @@ def decide_batch(
     inputs: Sequence[Input], view: BookView, market: Market, rules: Rules, now_ms: int
 ) -> list[Effect]:
     """Effects of a whole batch, each input decided after the ones before it."""
+    view.forget_derived()  # the view may have been loaded or changed since
     effects: list[Effect] = expire_reservations(view, now_ms)
     for effect in effects:
         view.apply(effect)

@@ -33,6 +33,7 @@ from .market import Account, Kline, Position
 from .settings import Rules, overlay
 from .snapshot import build_market
 from .store import Store
+from .tally import Tally, commit_line, tally
 
 log = logging.getLogger("rotation_fsm")
 
@@ -137,6 +138,7 @@ class BookEngine:
         self._bad_settings: set[tuple[str, str]] = set()
         self.conflicts = 0
         self.observers: list[Callable[[Sequence[Effect], int], None]] = []
+        self.tally_observers: list[Callable[[Tally, int], None]] = []  # e.g. metrics
         self.conflict_hooks: list[Callable[[], None]] = []
 
     async def handle(self, inputs: Sequence[Input]) -> list[Effect]:
@@ -163,6 +165,7 @@ class BookEngine:
         wanted = needs_market(inputs, self.rules)
         market = await fetch_market(self.exchange, wanted, self.rules)
         async with self._lock:
+            started = time.perf_counter()
             view = await self.store.load(inputs, market)
             ahead = self._ahead
             if ahead is not None and view.version == ahead.version:
@@ -185,7 +188,9 @@ class BookEngine:
             if effects:
                 task = asyncio.create_task(self.store.commit(version, effects, now_ms))
                 # Logs and metrics as soon as it lands, not when the next batch comes.
-                task.add_done_callback(lambda t: self._landed(t, effects, now_ms))
+                task.add_done_callback(
+                    lambda t: self._landed(t, effects, now_ms, len(inputs), version, started)
+                )
                 self._ahead = _Ahead(version, effects, now_ms, task, inputs, market)
 
     @property
@@ -222,6 +227,7 @@ class BookEngine:
         """Load → decide → commit until a commit is applied (the lock is held)."""
         wanted = needs_market(inputs, self.rules)
         for attempt in range(self.max_attempts):
+            started = time.perf_counter()
             view = await self.store.load(inputs, market)
             rules = self._live(view.settings_raw)
             if set(needs_market(inputs, rules)) - set(wanted):
@@ -231,7 +237,7 @@ class BookEngine:
                 continue
             version, effects, now_ms = self._decide(inputs, view, market, rules)
             if await self.store.commit(version, effects, now_ms):
-                self._report(effects, now_ms)
+                self._report(effects, now_ms, len(inputs), version, started)
                 return effects
             self._conflict()
             # Another replica committed in between: back off a little, growing
@@ -239,9 +245,17 @@ class BookEngine:
             await asyncio.sleep(min(0.05, 0.001 * (attempt + 1)))
         raise CommitConflict(f"gave up after {self.max_attempts} conflicting commits")
 
-    def _landed(self, task: asyncio.Task[bool], effects: list[Effect], now_ms: int) -> None:
+    def _landed(
+        self,
+        task: asyncio.Task[bool],
+        effects: list[Effect],
+        now_ms: int,
+        inputs: int,
+        version: int,
+        started: float,
+    ) -> None:
         if not task.cancelled() and task.exception() is None and task.result():
-            self._report(effects, now_ms)
+            self._report(effects, now_ms, inputs, version, started)
 
     def _conflict(self) -> None:
         self.conflicts += 1
@@ -268,11 +282,20 @@ class BookEngine:
         self.rules = rules
         return rules
 
-    def _report(self, effects: Sequence[Effect], now_ms: int) -> None:
-        for effect in effects:
-            line = describe(effect)
-            if line:
-                log.info(line)
+    def _report(
+        self, effects: Sequence[Effect], now_ms: int, inputs: int, version: int, started: float
+    ) -> None:
+        """One INFO line and one metrics update per commit; each decision at DEBUG."""
+        counted = tally(effects)
+        took_ms = (time.perf_counter() - started) * 1000
+        log.info("%s", commit_line(counted, inputs=inputs, version=version + 1, took_ms=took_ms))
+        if log.isEnabledFor(logging.DEBUG):
+            for effect in effects:
+                line = describe(effect)
+                if line:
+                    log.debug("%s", line)
+        for counter in self.tally_observers:
+            counter(counted, now_ms)
         for observer in self.observers:
             observer(effects, now_ms)
 

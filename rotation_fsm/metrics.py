@@ -1,20 +1,16 @@
-"""Prometheus metrics, fed by observing the effects each commit applied."""
+"""Prometheus metrics, fed once per commit with the counts of what it applied."""
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .decide import DeadLetter, Decided, Effect, Emit, SaveRotation
+from .tally import Tally
 
-
-def _entry_ms(entry_id: str | None) -> int | None:
-    if not entry_id:
-        return None
-    head = entry_id.split("-", 1)[0]
-    return int(head) if head.isdigit() else None
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
 class Metrics:
@@ -45,7 +41,7 @@ class Metrics:
         self.latency = Histogram(
             "rotation_decision_latency_seconds",
             "Plan entry written → decision committed",
-            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.conflicts = Counter(
@@ -96,20 +92,39 @@ class Metrics:
             )
         return child
 
-    def observe(self, effects: Sequence[Effect], now_ms: int) -> None:
-        """Count what one commit did."""
-        for effect in effects:
-            match effect:
-                case Decided(decision=d):
-                    self._decided(d.decision, d.reason).inc()
-                    start = _entry_ms(d.entry_id)
-                    if start is not None:
-                        self.latency.observe(max(0.0, (now_ms - start) / 1000))
-                case Emit(stream="events", fields=f):
-                    self.events.labels(f.get("event", "")).inc()
-                case DeadLetter(stream=stream):
-                    self.dead_letters.labels(stream).inc()
-                case SaveRotation(record=rec):
-                    self.transitions.labels(rec.state).inc()
-                case _:
-                    pass
+    def observe(self, counted: Tally, now_ms: int) -> None:
+        """Count one commit from its tally: one increment per label set, not per plan."""
+        for (verdict, reason), n in counted.decisions.items():
+            self._decided(verdict, reason).inc(n)
+        for event, n in counted.events.items():
+            self.events.labels(event).inc(n)
+        for stream, n in counted.dead_letters.items():
+            self.dead_letters.labels(stream).inc(n)
+        for state, n in counted.transitions.items():
+            self.transitions.labels(state).inc(n)
+        if counted.entry_ms:
+            observe_many(self.latency, [max(0.0, (now_ms - t) / 1000) for t in counted.entry_ms])
+
+
+def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
+    """`histogram.observe` for each of `values`, with one increment per bucket touched.
+
+    prometheus_client has no batch observe; its per-value call takes a lock per
+    bucket. This adds each bucket's count at once through the same value objects
+    (`_buckets`, `_sum`: the attributes `observe` itself uses), or falls back to
+    observing one by one if a later version names them differently.
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        for value in values:
+            histogram.observe(value)
+        return
+    counts = [0] * len(bounds)
+    for value in values:
+        counts[bisect.bisect_left(bounds, value)] += 1
+    for index, count in enumerate(counts):
+        if count:
+            buckets[index].inc(count)
+    total.inc(sum(values))

@@ -219,7 +219,7 @@ async def run_engine(
     controls = {}
     for name, run in books.items():
         await run.exchange.start()
-        run.engine.observers.append(metrics.observe)
+        run.engine.tally_observers.append(metrics.observe)
         run.engine.conflict_hooks.append(metrics.conflicts.inc)
         controls[name] = Controls(redis, run.engine.store.keys, settings)
     app = make_app(health, metrics, controls=controls, token=settings.http_token)

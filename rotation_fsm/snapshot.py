@@ -9,6 +9,7 @@ not the 100 raw klines per symbol they came from.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from functools import cached_property
 
 import msgspec
 
@@ -16,7 +17,7 @@ from .market import Account, Kline, Position
 from .regime import RegimeReading, classify, correlation
 
 
-class Market(msgspec.Struct, kw_only=True):
+class Market(msgspec.Struct, kw_only=True, dict=True):
     """One batch's view of the exchange.
 
     `positions` is None when they could not be had (fail closed); `account`
@@ -39,7 +40,7 @@ class Market(msgspec.Struct, kw_only=True):
         found = self.readings.get(symbol)
         return found if found is not None else classify([])
 
-    @property
+    @cached_property  # asked for by every OPEN plan of a batch (`dict=True` keeps it)
     def open_symbols(self) -> frozenset[str]:
         return frozenset(p.symbol for p in self.positions or [])
 

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
 
 from .decide import (
     Abort,
@@ -45,6 +46,7 @@ from .keys import BLOCK_TTL_S, PERMIT_TTL_S, Keys
 from .machine import IN_FLIGHT
 from .messages import (
     BadEntry,
+    Decision,
     Hold,
     Reservation,
     RotationRecord,
@@ -55,7 +57,6 @@ from .messages import (
     reservation_decoder,
     rotation_from_hash,
     rotation_to_hash,
-    to_fields,
 )
 from .slots import close_plan_id_candidates
 
@@ -63,42 +64,51 @@ AnyRedis = Redis | RedisCluster
 COMMIT_LUA = resources.files("rotation_fsm").joinpath("lua/commit.lua").read_text()
 
 
-class _Ops:
-    """Builds one commit: keys numbered once, ops as one JSON argument (see commit.lua)."""
+#: a string argument longer than this goes beside the JSON (ARGV), not escaped inside it
+BESIDE_BYTES = 256
 
-    def __init__(self, version_key: str, expected: int) -> None:
-        self.keys: list[str] = [version_key]
-        self._index: dict[str, int] = {version_key: 1}
-        self.expected = expected
-        self.ops: list[list[str | int]] = []
-        self.binary: list[bytes] = []
 
-    def add(self, command: str, key: str, *args: Any) -> None:
-        index = self._index.get(key)
-        if index is None:
-            self.keys.append(key)
-            index = self._index[key] = len(self.keys)
-        op: list[str | int] = [command, index, *args]
-        if not all(type(a) is str for a in args):  # the common case needs no conversion
-            op[2:] = [self._arg(a) for a in args]
-        self.ops.append(op)
+class _Batch:
+    """Builds one commit's arguments (see commit.lua): a header, then one record per op.
+
+    Writes to the reservation and confidence hashes are coalesced to each symbol's
+    final value: the script applies the whole batch atomically, so only that value
+    is ever visible, and a burst into one symbol costs one field write, not one per
+    plan. Long values (the audit body) and bytes travel beside the JSON as ARGV.
+    """
+
+    def __init__(self, head: list[str]) -> None:
+        self.records: list[list[Any]] = [head]
+        self.beside: list[bytes | str] = []
+        self.reserved: dict[str, str | None] = {}  # symbol → reservation JSON, None: gone
+        self.confidence: dict[str, str] = {}
+        self.unheld: list[str] = []
+        self.acks: dict[str, list[str]] = {}
+
+    def op(self, command: str, key: str, *args: Any) -> None:
+        self.records.append([command, key, *[self._arg(a) for a in args]])
 
     def _arg(self, arg: Any) -> str | int:
-        if isinstance(arg, str):
-            return arg
-        if isinstance(arg, bytes):
+        if type(arg) is str:
+            if len(arg) <= BESIDE_BYTES:
+                return arg
+        elif isinstance(arg, bytes):
             try:
-                return arg.decode()
+                text = arg.decode()
             except UnicodeDecodeError:  # JSON cannot carry it: pass it beside
-                self.binary.append(arg)
-                return 2 + len(self.binary)
-        return str(arg)
+                text = None
+            if text is not None and len(text) <= BESIDE_BYTES:
+                return text
+        else:
+            return str(arg)
+        self.beside.append(arg)
+        return 2 + len(self.beside)
 
-    def argv(self) -> list[Any]:
-        return [self.expected, _ops_encoder.encode(self.ops), *self.binary]
+    def argv(self, expected: int) -> list[Any]:
+        return [expected, _encode_batch(self.records), *self.beside]
 
 
-_ops_encoder = msgspec.json.Encoder()
+_encode_batch = msgspec.json.Encoder().encode
 
 
 class Store:
@@ -119,6 +129,15 @@ class Store:
         self.retention_ms = int(retention_s * 1000)
         self.audit_maxlen = audit_maxlen
         self._commit = redis.register_script(COMMIT_LUA)
+        self._retention = str(self.retention_ms)
+        self._head = [
+            keys.decisions,
+            keys.permit(""),
+            keys.block(""),
+            keys.plan(""),
+            str(PERMIT_TTL_S),
+            str(BLOCK_TTL_S),
+        ]
         self._stream = {
             "plans": keys.plans,
             "results": keys.results,
@@ -243,91 +262,154 @@ class Store:
     # ------------------------------------------------------------ commit
 
     async def commit(self, version: int, effects: Sequence[Effect], now_ms: int) -> bool:
-        """Apply `effects` atomically if the book is still at `version`."""
+        """Apply `effects` atomically if the book is still at `version`.
+
+        Raises `CommitRefused` (nothing written) when an effect carries a value
+        Redis would refuse, such as a TTL out of range.
+        """
         if not effects:
             return True
-        ops = _Ops(self.keys.version, version)
-        acks: dict[str, list[str]] = {}
+        batch = _Batch(self._head)
         for effect in effects:
-            self._translate(ops, effect, now_ms)
-            if isinstance(effect, Ack):
-                acks.setdefault(effect.stream, []).append(effect.entry_id)
-        for stream, ids in sorted(acks.items()):
-            ops.add("XACK", self._stream[stream], self.group, *ids)
-        applied, _ = await self._commit(keys=ops.keys, args=ops.argv())
+            self._translate(batch, effect, now_ms)
+        self._coalesced(batch)
+        try:
+            applied, _ = await self._commit(keys=[self.keys.version], args=batch.argv(version))
+        except ResponseError as exc:
+            if "commit.lua: nothing written" in str(exc):
+                raise CommitRefused(str(exc)) from None
+            raise
         return int(applied) == 1
 
-    def _translate(self, ops: _Ops, effect: Effect, now_ms: int) -> None:
+    def _translate(self, batch: _Batch, effect: Effect, now_ms: int) -> None:
+        # The three effects every plan has first, by isinstance: a `match` with keyword
+        # patterns costs more than the rest of the translation.
+        if isinstance(effect, Decided):
+            d = effect.decision
+            allowed = d.decision == "ALLOW"
+            batch.records.append(
+                [
+                    "D",
+                    d.plan_id,
+                    decision_fields(d),
+                    permit_body(d) if allowed and effect.permit else "",
+                    "" if allowed else block_body(d),
+                    1 if allowed and effect.unblock else 0,
+                ]
+            )
+        elif isinstance(effect, SavePlan):
+            rec = effect.record
+            batch.records.append(["P", rec.plan_id, encode_json(rec), self._retention])
+        elif isinstance(effect, Ack):
+            batch.acks.setdefault(effect.stream, []).append(effect.entry_id)
+        else:
+            self._translate_rare(batch, effect, now_ms)
+
+    def _translate_rare(self, batch: _Batch, effect: Effect, now_ms: int) -> None:
         k = self.keys
         match effect:
-            case Emit(stream=stream, fields=fields):
-                ops.add(
-                    "XADD",
-                    self._stream[stream],
-                    *_maxlen(stream, self.audit_maxlen),
-                    "*",
-                    *_flat(fields),
-                )
-            case DeadLetter():
-                ops.add("XADD", k.dlq, "*", *_flat(effect.entry()))
-                ops.add("SET", k.dead(effect.stream, effect.entry_id), "1", "PX", self.retention_ms)
-            case Decided(decision=d, permit=permit, unblock=unblock):
-                ops.add("XADD", k.decisions, "*", *_flat(to_fields(d)))
-                if d.decision == "ALLOW":
-                    if unblock:
-                        ops.add("DEL", k.block(d.plan_id))
-                    if permit:
-                        body = {
-                            "granted": True,
-                            "symbol": d.symbol,
-                            "decision": "EXECUTE",
-                            "created_at": float(d.timestamp),
-                            "consumed": False,
-                        }
-                        ops.add("SET", k.permit(d.plan_id), encode_json(body), "EX", PERMIT_TTL_S)
-                else:
-                    body = {"reason": d.reason, "timestamp": float(d.timestamp), "symbol": d.symbol}
-                    ops.add("SET", k.block(d.plan_id), encode_json(body), "EX", BLOCK_TTL_S)
-            case SaveRotation(record=rec):
-                self._save_rotation(ops, rec, now_ms)
-            case ForgetDeadline(rotation_id=rid):
-                ops.add("ZREM", k.deadlines, rid)
-                ops.add("SREM", k.inflight, rid)
-            case SavePlan(record=rec):
-                ops.add("SET", k.plan(rec.plan_id), encode_json(rec), "PX", self.retention_ms)
             case Reserve(symbol=sym, reservation=res, holder=holder, hold_until_ms=until):
-                ops.add("HSET", k.reservations, sym, encode_json(res))
+                batch.reserved[sym] = encode_json(res)
                 if holder:
-                    hold = Hold(symbol=sym, made_by=res.plan_id)
-                    ops.add("SET", k.hold(holder), encode_json(hold), "PX", max(1, until - now_ms))
+                    hold = encode_json(Hold(symbol=sym, made_by=res.plan_id))
+                    batch.op("SET", k.hold(holder), hold, "PX", max(1, until - now_ms))
             case Release(symbol=sym):
-                ops.add("HDEL", k.reservations, sym)
+                batch.reserved[sym] = None
             case Unhold(plan_id=plan_id):
-                ops.add("DEL", k.hold(plan_id))
+                batch.unheld.append(k.hold(plan_id))
             case SetConfidence(symbol=sym, confidence=value):
-                ops.add("HSET", k.entry_confidence, sym, repr(value))
-            case Ack():
-                pass  # gathered into one XACK per stream below
+                batch.confidence[sym] = repr(value)
+            case Emit(stream=stream, fields=fields):
+                name = self._stream[stream]
+                batch.op("XADD", name, *_maxlen(stream, self.audit_maxlen), "*", *_flat(fields))
+            case DeadLetter():
+                batch.op("XADD", k.dlq, "*", *_flat(effect.entry()))
+                batch.op("SET", k.dead(effect.stream, effect.entry_id), "1", "PX", self._retention)
+            case SaveRotation(record=rec):
+                self._save_rotation(batch, rec, now_ms)
+            case ForgetDeadline(rotation_id=rid):
+                batch.op("ZREM", k.deadlines, rid)
+                batch.op("SREM", k.inflight, rid)
 
-    def _save_rotation(self, ops: _Ops, rec: RotationRecord, now_ms: int) -> None:
+    def _coalesced(self, batch: _Batch) -> None:
+        """The hash writes and acks gathered over the batch, one command each."""
+        k = self.keys
+        kept = [x for sym, body in batch.reserved.items() if body is not None for x in (sym, body)]
+        gone = [sym for sym, body in batch.reserved.items() if body is None]
+        if gone:
+            batch.op("HDEL", k.reservations, *gone)
+        if kept:
+            batch.op("HSET", k.reservations, *kept)
+        if batch.confidence:
+            batch.op("HSET", k.entry_confidence, *_flat(batch.confidence))
+        if batch.unheld:
+            for start in range(0, len(batch.unheld), DEL_CHUNK):
+                key, *more = batch.unheld[start : start + DEL_CHUNK]
+                batch.op("DEL", key, *more)
+        for stream, ids in sorted(batch.acks.items()):
+            batch.op("XACK", self._stream[stream], self.group, *ids)
+
+    def _save_rotation(self, batch: _Batch, rec: RotationRecord, now_ms: int) -> None:
         """The hash, and everything that follows from the state: in-flight set,
         deadline, the seed's lock key, the close-plan index, the finished index."""
         k = self.keys
         key = k.rotation(rec.rotation_id)
-        ops.add("HSET", key, *_flat(rotation_to_hash(rec)))
-        ops.add("SET", k.close_index(rec.close_plan_id), rec.rotation_id, "PX", self.retention_ms)
+        retention = self._retention
+        batch.op("HSET", key, *_flat(rotation_to_hash(rec)))
+        batch.op("SET", k.close_index(rec.close_plan_id), rec.rotation_id, "PX", retention)
         if rec.state in IN_FLIGHT:
-            ops.add("SADD", k.inflight, rec.rotation_id)
-            ops.add("ZADD", k.deadlines, rec.deadline_ms, rec.rotation_id)
-            ops.add("SET", k.lock(rec.new_plan_id), encode_json(lock_body(rec)))
+            batch.op("SADD", k.inflight, rec.rotation_id)
+            batch.op("ZADD", k.deadlines, str(rec.deadline_ms), rec.rotation_id)
+            batch.op("SET", k.lock(rec.new_plan_id), encode_json(lock_body(rec)))
         else:
-            ops.add("SREM", k.inflight, rec.rotation_id)
-            ops.add("ZREM", k.deadlines, rec.rotation_id)
-            ops.add("DEL", k.lock(rec.new_plan_id))
-            ops.add("ZADD", k.finished, rec.ended_ms or now_ms, rec.rotation_id)
+            batch.op("SREM", k.inflight, rec.rotation_id)
+            batch.op("ZREM", k.deadlines, rec.rotation_id)
+            batch.op("DEL", k.lock(rec.new_plan_id))
+            batch.op("ZADD", k.finished, str(rec.ended_ms or now_ms), rec.rotation_id)
             # The index keeps what the rotation hashes keep: trim it as they expire.
-            ops.add("ZREMRANGEBYSCORE", k.finished, "-inf", now_ms - self.retention_ms)
-            ops.add("PEXPIRE", key, self.retention_ms)
+            batch.op("ZREMRANGEBYSCORE", k.finished, "-inf", str(now_ms - self.retention_ms))
+            batch.op("PEXPIRE", key, retention)
+
+
+#: keys per DEL: a batch of results must not become one command of thousands of args
+DEL_CHUNK = 500
+
+
+class CommitRefused(ValueError):
+    """The commit script refused a batch before writing anything (a value out of range)."""
+
+
+def decision_fields(d: Decision) -> list[str]:
+    """The decision entry's fields, flat, as `to_fields` would give them (None left out)."""
+    out = [
+        "plan_id", d.plan_id, "symbol", d.symbol, "action", d.action,
+        "decision", d.decision, "reason", d.reason, "regime", d.regime,
+        "desired_slots", str(d.desired_slots), "open_slots", str(d.open_slots),
+        "timestamp", d.timestamp,
+    ]  # fmt: skip
+    if d.rotation_id is not None:
+        out += ("rotation_id", d.rotation_id)
+    if d.entry_id is not None:
+        out += ("entry_id", d.entry_id)
+    return out
+
+
+def permit_body(d: Decision) -> str:
+    """The permit key's JSON (contract §3) for an ALLOW."""
+    return encode_json(
+        {
+            "granted": True,
+            "symbol": d.symbol,
+            "decision": "EXECUTE",
+            "created_at": float(d.timestamp),
+            "consumed": False,
+        }
+    )
+
+
+def block_body(d: Decision) -> str:
+    """The block key's JSON (contract §3) for a BLOCK."""
+    return encode_json({"reason": d.reason, "timestamp": float(d.timestamp), "symbol": d.symbol})
 
 
 def _close_ids_wanted(inputs: Sequence[Input], market: Market) -> set[str]:
@@ -366,4 +448,4 @@ def _maxlen(stream: str, audit_maxlen: int) -> tuple[Any, ...]:
     return ("MAXLEN", "~", audit_maxlen) if stream == "audit" else ()
 
 
-__all__ = ["BadEntry", "Store"]
+__all__ = ["BadEntry", "CommitRefused", "Store"]

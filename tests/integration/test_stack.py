@@ -264,7 +264,9 @@ def test_stack_decides_plans_end_to_end_across_processes(stack_process: Any) -> 
     assert proc.wait(10) == 0, lines.tail()
     out = "\n".join(lines.seen)
     for replica in ("engine-1", "engine-2"):
-        assert re.search(rf"(?m)^{replica}\s*\|.* plan=", out), f"{replica} decided nothing"
+        assert re.search(rf"(?m)^{replica}\s*\|.* commit v=\d+ .* decided=[1-9]", out), (
+            f"{replica} decided nothing"
+        )
     assert re.search(r"(?m)^paper-exchange\s*\| paper exchange listening", out)
     assert "intent simulator done" in out
     assert "redis             stopped" in out

@@ -11,7 +11,7 @@ import pytest
 from rotation_fsm import reasons as R
 from rotation_fsm.decide import Market, PlanIn, ResultIn, Tick, decide_batch
 from rotation_fsm.keys import Keys
-from rotation_fsm.store import Store
+from rotation_fsm.store import CommitRefused, Store
 from tests.stubs import NOW_MS, UNIVERSE, book_of, market, plan, result, rules
 
 
@@ -81,11 +81,37 @@ async def test_a_stale_version_changes_nothing(store):
 
 
 async def test_commit_refuses_a_command_outside_the_allow_list(store):
-    script = store._commit
-    ops = '[["SET", 2, "v"], ["FLUSHALL", 2]]'
+    head = [store.keys.decisions, "permit:", "block:", "plan:", "60", "3600"]
+    ops = json.dumps([head, ["SET", "x", "v"], ["FLUSHALL", "x"]])
     with pytest.raises(Exception, match="not allowed"):
-        await script(keys=[store.keys.version, "x"], args=[0, ops])
+        await store._commit(keys=[store.keys.version], args=[0, ops])
     assert await store.redis.get("x") is None  # validated before anything ran
+
+
+async def test_a_commit_with_a_ttl_out_of_range_writes_nothing_and_says_why(store):
+    # A reservation TTL of 1e17 s: its hold's PX is past what Redis takes. Checked
+    # before the first write: no decision, no permit, no ack, no reservation.
+    r, k = store.redis, store.keys
+    entry_id = (await r.xadd(k.plans, {"plan_id": "p", "symbol": "NEWUSDT"})).decode()
+    await r.xreadgroup("rotation-fsm", "c1", {k.plans: ">"})
+    inputs = [PlanIn(entry_id, plan("p"))]
+    view = await store.load(inputs, market())
+    effects = decide_batch(inputs, view, market(), rules(reservation_ttl_s=1e17), NOW_MS)
+    with pytest.raises(CommitRefused, match=r"nothing written: .*PX 1\d+ is not an integer"):
+        await store.commit(view.version, effects, NOW_MS)
+    assert await r.xlen(k.decisions) == 0
+    assert await r.get(k.permit("p")) is None
+    assert await r.hgetall(k.reservations) == {}
+    assert (await r.xpending(k.plans, "rotation-fsm"))["pending"] == 1
+    assert await r.get(k.version) is None
+
+
+async def test_a_commit_with_a_score_that_is_not_an_integer_writes_nothing(store):
+    head = [store.keys.decisions, "permit:", "block:", "plan:", "60", "3600"]
+    ops = json.dumps([head, ["SET", "x", "v"], ["ZADD", "z", "1e400", "m"]])
+    with pytest.raises(Exception, match="score 1e400 is not an integer"):
+        await store._commit(keys=[store.keys.version], args=[0, ops])
+    assert await store.redis.get("x") is None
 
 
 async def test_acks_are_part_of_the_commit(store):
