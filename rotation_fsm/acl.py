@@ -8,6 +8,9 @@ namespace (per book: `{BOOK}:quantum:*`). A test runs the engine as this user.
 
 from __future__ import annotations
 
+import getpass
+import os
+import sys
 from typing import Any
 
 ENGINE_COMMANDS = (
@@ -81,8 +84,51 @@ def setuser_line(
     return "ACL SETUSER " + " ".join(setuser_args(user, password, books))
 
 
+class NoPassword(Exception):
+    """No way to read the password was given or worked; the message says which."""
+
+
+def read_password(args: Any) -> str:
+    """The password from a file, an environment variable or a prompt, in that order.
+
+    Never from the command line by choice: an argument is kept in shell history
+    and shown by `ps` (`--password` is still honoured, with a warning).
+    """
+    if args.password_file:
+        try:
+            text = sys.stdin.read() if args.password_file == "-" else _read(args.password_file)
+        except OSError as exc:
+            raise NoPassword(f"--password-file: {exc.strerror}: {args.password_file}") from None
+        return text.rstrip("\r\n")
+    if args.password_env:
+        value = os.environ.get(args.password_env)
+        if not value:
+            raise NoPassword(f"--password-env: ${args.password_env} is not set")
+        return value
+    if args.password is not None:
+        print(
+            "rotation-fsm acl: warning: --password leaves the secret in shell history",
+            file=sys.stderr,
+        )
+        return str(args.password)
+    if not sys.stdin.isatty():
+        raise NoPassword("give --password-file FILE, --password-env VAR, or run on a terminal")
+    return getpass.getpass("password for the engine's Redis user: ")
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
 def command(args: Any) -> int:
-    """`rotation-fsm acl [--user U] [--password P] [--books a,b]`: print the line."""
+    """`rotation-fsm acl [--user U] [--password-file F | --password-env V] [--books a,b]`:
+    print the line; 2 when no password could be read."""
     books = tuple(b.strip() for b in args.books.split(",") if b.strip()) or ("",)
-    print(setuser_line(args.user, args.password, books))
+    try:
+        password = read_password(args)
+    except NoPassword as exc:
+        print(f"rotation-fsm acl: {exc}", file=sys.stderr)
+        return 2
+    print(setuser_line(args.user, password, books))
     return 0

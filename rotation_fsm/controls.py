@@ -30,7 +30,10 @@ from .settings import (
     rule_value_text,
     validate_rule,
 )
+from .settings_view import replica_settings, settings_text
+from .shortid import AmbiguousId, resolve_rotation_id
 from .store import AnyRedis, Store
+from .timeline import iso_ms, to_json
 
 
 class Refused(Exception):
@@ -74,11 +77,29 @@ class Controls:
             new = validate_rule(name, value)
         except SettingError as exc:
             raise Refused(str(exc)) from None
+        return await self._change(name, new, by), new
+
+    async def unset(self, name: str, by: str) -> str | None:
+        """Drop a live setting: every replica goes back to its environment's value.
+
+        Returns the live value removed (None: there was none, nothing is written).
+        """
+        if name not in RULE_SPECS:
+            raise Refused(f"{name}: expected one of " + ", ".join(sorted(RULE_SPECS)))
+        if not await self.redis.hexists(self.keys.settings, name):
+            return None
+        return await self._change(name, None, by)
+
+    async def _change(self, name: str, new: str | None, by: str) -> str | None:
+        """Write (or, `new` None, delete) one live setting with its audit entry."""
         raw = await self.redis.hget(self.keys.settings, name)
         old = raw.decode() if raw is not None else None
         change = SettingChange(now_ms=wall_ms(), key=name, old=old, new=new, by=by)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.settings, name, new)
+            if new is None:
+                pipe.hdel(self.keys.settings, name)
+            else:
+                pipe.hset(self.keys.settings, name, new)
             pipe.xadd(
                 self.keys.audit,
                 setting_entry(change),
@@ -86,7 +107,7 @@ class Controls:
                 approximate=True,
             )
             await pipe.execute()
-        return old, new
+        return old
 
     async def show(self) -> dict[str, dict[str, str]]:
         """Each rule: the value in force for this environment, and where it comes from."""
@@ -116,12 +137,21 @@ class Controls:
         """Give a rotation `seconds` from now (shorter or longer than before)."""
         if not seconds >= 0:
             raise Refused(f"seconds must be >= 0, got {seconds}")
+        rotation_id = await self._rotation_id(rotation_id)
         deadline = wall_ms() + int(seconds * 1000)
         return await self._apply(Extend(rotation_id, deadline, by), rotation_id)
 
     async def abort(self, rotation_id: str, by: str) -> RotationRecord:
         """Abort a rotation in flight; its waiting plan is blocked."""
+        rotation_id = await self._rotation_id(rotation_id)
         return await self._apply(Abort(rotation_id, by), rotation_id)
+
+    async def _rotation_id(self, given: str) -> str:
+        """The full id of the rotation `given` (an id or a unique prefix) names."""
+        try:
+            return await resolve_rotation_id(self.redis, self.keys, given)
+        except AmbiguousId as exc:
+            raise Refused(str(exc)) from None
 
     async def _apply(self, item: Abort | Extend, rotation_id: str) -> RotationRecord:
         engine = self._engine()
@@ -150,47 +180,59 @@ def _settings_for(args: Any) -> Settings:
     return load_settings({**os.environ, **env})
 
 
+def target(settings: Settings) -> str:
+    """Which Redis (credentials masked) and which book a command acts on."""
+    from .service import safe_url
+
+    return f"redis {safe_url(settings.redis_url)}, book {settings.book or '(default)'}"
+
+
+async def _act(controls: Controls, args: Any) -> str:
+    """Apply one mutating command; the line saying what it did."""
+    match args.command:
+        case "set":
+            old, new = await controls.set(args.key, args.value, args.by)
+            return f"{args.key}: {old if old is not None else '(env)'} -> {new}"
+        case "unset":
+            old = await controls.unset(args.key, args.by)
+            if old is None:
+                return f"{args.key}: no live value; every replica already uses its environment's"
+            return f"{args.key}: {old} -> (env): each replica uses its environment's value"
+        case "pause":
+            await controls.set("GOV_ENTRIES_PAUSED", "true", args.by)
+            return "entries paused: every OPEN plan is blocked active_slots_paused"
+        case "resume":
+            await controls.set("GOV_ENTRIES_PAUSED", "false", args.by)
+            return "entries resumed"
+        case "extend":
+            rec = await controls.extend(args.rotation_id, args.seconds, args.by)
+            return f"rotation {rec.rotation_id}: deadline now {iso_ms(rec.deadline_ms)}"
+        case "abort":
+            rec = await controls.abort(args.rotation_id, args.by)
+            return f"rotation {rec.rotation_id}: {rec.state}"
+    raise Refused(f"unknown control {args.command}")
+
+
 async def _run(args: Any) -> str:
     from .service import connect
 
     settings = _settings_for(args)
     redis = connect(settings)
-    controls = Controls(redis, Keys(book=settings.book, streams=settings.streams), settings)
+    keys = Keys(book=settings.book, streams=settings.streams)
     try:
-        match args.command:
-            case "set":
-                old, new = await controls.set(args.key, args.value, args.by)
-                return f"{args.key}: {old if old is not None else '(env)'} -> {new}"
-            case "pause":
-                await controls.set("GOV_ENTRIES_PAUSED", "true", args.by)
-                return "entries paused: every OPEN plan is blocked active_slots_paused"
-            case "resume":
-                await controls.set("GOV_ENTRIES_PAUSED", "false", args.by)
-                return "entries resumed"
-            case "extend":
-                rec = await controls.extend(args.rotation_id, args.seconds, args.by)
-                return f"rotation {rec.rotation_id}: deadline now {rec.deadline_ms / 1000:.3f}"
-            case "abort":
-                rec = await controls.abort(args.rotation_id, args.by)
-                return f"rotation {rec.rotation_id}: {rec.state}"
-            case "settings":
-                table = await controls.show()
-                if args.json:
-                    import json
-
-                    return json.dumps(table, indent=2, sort_keys=True)
-                width = max(len(n) for n in table)
-                return "\n".join(
-                    f"{name:<{width}}  {row['value']:<8}  {row['source']}"
-                    for name, row in table.items()
-                )
-        raise Refused(f"unknown control {args.command}")
+        if args.command == "settings":
+            data = await replica_settings(redis, keys, settings, wall_ms())
+            if args.json:
+                return to_json(data).rstrip("\n")
+            return f"{target(settings)}\n{settings_text(data)}"
+        done = await _act(Controls(redis, keys, settings), args)
+        return f"{done}\n  acted on {target(settings)}"
     finally:
         await redis.aclose()
 
 
 def command(args: Any) -> int:
-    """`rotation-fsm set|settings|pause|resume|extend|abort`: 0 done, 1 refused."""
+    """`rotation-fsm set|unset|settings|pause|resume|extend|abort`: 0 done, 1 refused."""
     try:
         print(asyncio.run(_run(args)))
     except (Refused, SettingError) as exc:

@@ -644,6 +644,7 @@ def command(args: Any) -> int:
         redis_url = server.url
         out.say(f"  redis               {redis_url}  ({description}: {path})")
         out.say(f"                      temporary data directory {server.data_dir}")
+    out.say(f"  to look on from another shell while it plays:  export REDIS_URL={redis_url}")
     try:
         return asyncio.run(_run(redis_url, seconds, out))
     except KeyboardInterrupt:  # before the handlers are in place

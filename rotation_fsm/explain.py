@@ -52,6 +52,7 @@ from .regime import (
 )
 from .replay import Recorded, Unreadable, id_key, open_book, parse_audit, settings_for
 from .settings import Rules, SettingError
+from .shortid import AmbiguousId, resolve_id
 from .slots import PolicyError, desired_slots, occupied, parse_universe, weakest
 from .snapshot import Market
 from .store import AnyRedis
@@ -912,14 +913,17 @@ def status_text(data: dict[str, Any]) -> str:
 async def _explain(args: Any) -> tuple[int, str]:
     redis, keys = open_book(settings_for(args))
     try:
-        story = await explain(redis, keys, args.id)
+        some_id = await resolve_id(redis, keys, args.id)
+        story = await explain(redis, keys, some_id)
+    except AmbiguousId as exc:
+        return EXIT_UNKNOWN, str(exc)
     finally:
         await redis.aclose()
     if story is None:
         book = keys.book or "(default)"
         return EXIT_UNKNOWN, f"no plan or rotation {args.id!r} in book {book}"
     if args.json:
-        return EXIT_OK, to_json({"id": args.id, **story.data})
+        return EXIT_OK, to_json({"id": some_id, **story.data})
     return EXIT_OK, "\n".join(story.lines) + "\n"
 
 

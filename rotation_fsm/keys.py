@@ -115,6 +115,15 @@ class Keys:
         result or its reservation TTL."""
         return self.name(f"quantum:rotation:hold:{plan_id}")
 
+    @property
+    def replicas(self) -> str:
+        """Sorted set consumer name → last heartbeat (ms): the replicas serving the book."""
+        return self.name("quantum:rotation:replicas")
+
+    def replica(self, consumer: str) -> str:
+        """String, expiring: one replica's heartbeat record (`heartbeat.Heartbeat`)."""
+        return self.name(f"quantum:rotation:replica:{consumer}")
+
     def dead(self, stream: str, entry_id: str) -> str:
         """String: marks an entry already dead-lettered (a redelivery writes nothing)."""
         return self.name(f"quantum:rotation:dead:{stream}:{entry_id}")

@@ -28,9 +28,11 @@ from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import __version__
 from .controls import Controls
-from .engine import BookEngine
+from .engine import BookEngine, wall_ms
 from .exchange import ExchangeClient
+from .heartbeat import Publisher
 from .http import Health, make_app
 from .keys import Keys
 from .listener import Listener
@@ -98,6 +100,7 @@ class BookRun:
     listener: Listener
     timer: Timer
     exchange: ExchangeClient
+    heartbeat: Publisher
 
 
 @dataclass
@@ -174,7 +177,18 @@ def _book_run(settings: Settings, book: Book, redis: AnyRedis, reader: AnyRedis)
         consumer=settings.consumer_name,
         claim_idle_ms=settings.claim_idle_ms,
     )
-    return BookRun(book.name, engine, listener, Timer(redis, engine, keys), exchange)
+    heartbeat = Publisher(
+        redis,
+        keys,
+        consumer=settings.consumer_name,
+        version=__version__,
+        started_ms=wall_ms(),
+        interval_s=settings.heartbeat_s,
+        env_rules=settings.rules,
+        env_names=settings.env_rule_names,
+    )
+    timer = Timer(redis, engine, keys)
+    return BookRun(book.name, engine, listener, timer, exchange, heartbeat)
 
 
 def _loops(run: BookRun, running: Running, ready: set[str], total: int) -> list[Awaitable[None]]:
@@ -197,10 +211,16 @@ def _loops(run: BookRun, running: Running, ready: set[str], total: int) -> list[
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=run.timer.interval_s)
 
+    async def heartbeat_step() -> None:
+        await run.heartbeat.beat(run.engine.rules, run.engine.clock())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=run.heartbeat.interval_s)
+
     tag = f"[{run.name}]" if run.name else ""
     return [
         supervise(f"listener{tag}", listen_step, stop, health, metrics),
         supervise(f"timer{tag}", timer_step, stop, health, metrics),
+        supervise(f"heartbeat{tag}", heartbeat_step, stop, health, metrics),
     ]
 
 
@@ -232,7 +252,7 @@ async def run_engine(
     log.info(
         "rotation-fsm running: books=%s redis=%s%s http=%s:%d consumer=%s/%s",
         ",".join(repr(b) for b in books),
-        _safe_url(settings.redis_url),
+        safe_url(settings.redis_url),
         " (cluster)" if settings.redis_cluster else "",
         settings.http_host,
         port,
@@ -250,6 +270,8 @@ async def run_engine(
         for run in books.values():
             with contextlib.suppress(*REDIS_DOWN):  # its entries stay pending: redelivered
                 await run.engine.flush()  # the last pipelined commit
+            with contextlib.suppress(*REDIS_DOWN):  # unreachable: the record expires instead
+                await run.heartbeat.withdraw()
         await runner.cleanup()
         for run in books.values():
             await run.exchange.close()
@@ -266,8 +288,8 @@ def _mark_up(health: Health, metrics: Metrics) -> None:
         metrics.redis_up.set(1)
 
 
-def _safe_url(url: str) -> str:
-    """The Redis URL without its password, for logs."""
+def safe_url(url: str) -> str:
+    """The Redis URL without its password, for logs and the CLI's target line."""
     if "@" not in url:
         return url
     scheme, rest = url.split("://", 1)

@@ -296,6 +296,9 @@ class Settings:
     audit_maxlen: int
     claim_idle_ms: int
     retention_s: float
+    heartbeat_s: float = 5.0
+    #: the rule variables the environment set (the rest are defaults)
+    env_rule_names: frozenset[str] = frozenset()
 
     def __repr__(self) -> str:
         # Secrets never reach a log line, even through a debug repr.
@@ -372,4 +375,6 @@ def _load(env: Mapping[str, str]) -> Settings:
             env, "GOV_CLAIM_IDLE_MS", "10000", _positive_int, "milliseconds >= 1"
         ),
         retention_s=_simple(env, "GOV_RETENTION_S", "604800", _positive_float, "seconds > 0"),
+        heartbeat_s=_simple(env, "GOV_HEARTBEAT_S", "5", _positive_float, "seconds > 0"),
+        env_rule_names=frozenset(name for name in RULE_SPECS if name in env),
     )

