@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import heapq
 import json
 import os
 import re
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TextIO
 
 import msgspec
 from redis.exceptions import RedisError
@@ -38,6 +40,7 @@ from .keys import Keys
 from .machine import IN_FLIGHT, Trigger, is_legal
 from .memory import MemoryBook
 from .messages import RotationRecord, as_text, fields_text
+from .progress import Advance, progress
 from .settings import RULE_SPECS, Rules, SettingError, Settings, load_settings, rules_from
 from .store import AnyRedis
 from .timeline import iso_ms, listing, state_changes, table, to_json
@@ -46,6 +49,9 @@ EXIT_IDENTICAL, EXIT_DIVERGED, EXIT_UNREADABLE = 0, 1, 2
 #: the streams `dump` copies, by their logical name (book-independent in the file)
 DUMP_STREAMS = ("audit", "plans", "results", "decisions", "events")
 PAGE = 1000  # entries per XRANGE call: a long history never arrives as one reply
+_STEP_BYTES = 1 << 20  # progress of reading a file is reported per MiB
+#: a file at least this large is read with progress (a small one is read at once)
+LARGE_FILE_BYTES = 16 << 20
 _MAX = 2**64 - 1  # the largest part of a stream id
 _ID = re.compile(r"^\d+(-\d+)?$")
 SHOWN = 10  # ids listed in one line of text output before "and N more"
@@ -149,42 +155,75 @@ async def _entries(
         start = "(" + as_text(page[-1][0])  # exclusive: Redis >= 6.2
 
 
-async def read_streams(redis: AnyRedis, keys: Keys, since: str, until: str) -> list[dict[str, Any]]:
-    """Dump records of every stream in `DUMP_STREAMS`, sorted by (entry id, stream)."""
-    records: list[dict[str, Any]] = []
-    for stream in DUMP_STREAMS:
-        key = getattr(keys, stream)
-        async for entry_id, raw in _entries(redis, key, since, until):
-            records.append(dump_record(stream, entry_id, raw))
-    records.sort(key=lambda r: (id_key(r["id"]), r["stream"]))
-    return records
+async def merged_records(
+    redis: AnyRedis, keys: Keys, since: str, until: str
+) -> AsyncIterator[dict[str, Any]]:
+    """Dump records of every stream in `DUMP_STREAMS`, in (entry id, stream) order.
+
+    A merge of the streams' own (ordered) pages: at most one page per stream is in
+    memory, whatever the length of the history.
+    """
+    pages = {s: aiter(_entries(redis, getattr(keys, s), since, until)) for s in DUMP_STREAMS}
+    heads: list[tuple[tuple[int, int], str, str, dict[Any, Any]]] = []
+    for stream, entries in pages.items():
+        first = await anext(entries, None)
+        if first is not None:
+            heapq.heappush(heads, (id_key(first[0]), stream, *first))
+    while heads:
+        _, stream, entry_id, raw = heapq.heappop(heads)
+        yield dump_record(stream, entry_id, raw)
+        following = await anext(pages[stream], None)
+        if following is not None:
+            heapq.heappush(heads, (id_key(following[0]), stream, *following))
 
 
-def dump_text(records: Iterable[dict[str, Any]]) -> str:
-    """JSON lines: compact, UTF-8 kept, one record a line."""
-    return "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records)
+def dump_line(record: dict[str, Any]) -> str:
+    """One JSON line: compact, UTF-8 kept."""
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
-def _write(path: str, text: str) -> None:
+@contextlib.contextmanager
+def _output(path: str) -> Iterator[TextIO]:
+    """The dump's destination: stdout for `-`, else a temporary file that replaces
+    `path` only once complete, so a reader never sees half a dump."""
     if path == "-":
-        sys.stdout.write(text)
+        yield sys.stdout
         return
     target = Path(path)
     tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(text, encoding="utf-8", newline="\n")
-    tmp.replace(target)  # a reader never sees half a dump
+    try:
+        with tmp.open("w", encoding="utf-8", newline="\n") as handle:
+            yield handle
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+async def _dump_total(redis: AnyRedis, keys: Keys, since: str, until: str) -> int | None:
+    """Entries the dump will write when it is the whole history (XLEN); else unknown."""
+    if (since, until) != ("-", "+"):
+        return None
+    return sum([await redis.xlen(getattr(keys, s)) for s in DUMP_STREAMS])
 
 
 async def _dump(args: Any) -> dict[str, Any]:
     since, until = stream_bound(args.since), stream_bound(args.until)
     redis, keys = open_book(settings_for(args))
+    counts: Counter[str] = Counter()
     try:
-        records = await read_streams(redis, keys, since, until)
+        total = await _dump_total(redis, keys, since, until)
+        with _output(args.output) as handle, progress("dump", total, "entries") as advance:
+            async for record in merged_records(redis, keys, since, until):
+                handle.write(dump_line(record))
+                counts[record["stream"]] += 1
+                advance(1)
     finally:
         await redis.aclose()
-    _write(args.output, dump_text(records))
-    counts = Counter(r["stream"] for r in records)
-    return {"file": args.output, "entries": len(records), "by_stream": dict(sorted(counts.items()))}
+    return {
+        "file": args.output,
+        "entries": counts.total(),
+        "by_stream": dict(sorted(counts.items())),
+    }
 
 
 def dump_command(args: Any) -> int:
@@ -265,12 +304,29 @@ def parse_dump(
 
 
 def read_dump(path: str, since: str = "-", until: str = "+") -> list[Recorded]:
-    """`parse_dump` of a file; Unreadable when it cannot be opened or is not UTF-8."""
+    """`parse_dump` of a file (with progress by bytes read when it is large);
+    Unreadable when it cannot be opened or is not UTF-8."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            return parse_dump(handle, path, since, until)
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size < LARGE_FILE_BYTES:
+                return parse_dump(_lines(handle, lambda n: None), path, since, until)
+            with progress(f"replay: reading {path}", size, "bytes") as advance:
+                return parse_dump(_lines(handle, advance), path, since, until)
     except (OSError, UnicodeDecodeError) as exc:
         raise Unreadable(f"cannot read {path}: {exc}") from None
+
+
+def _lines(handle: BinaryIO, advance: Advance) -> Iterator[str]:
+    """The file's lines as text, reporting the bytes read in steps of `_STEP_BYTES`."""
+    pending = 0
+    for raw in handle:
+        pending += len(raw)
+        if pending >= _STEP_BYTES:
+            advance(pending)
+            pending = 0
+        yield raw.decode("utf-8")
+    advance(pending)
 
 
 async def read_audit(redis: AnyRedis, keys: Keys, since: str, until: str) -> list[Recorded]:
@@ -808,10 +864,10 @@ __all__ = [
     "Report",
     "Unreadable",
     "command",
+    "merged_records",
     "parse_dump",
     "read_audit",
     "read_dump",
-    "read_streams",
     "render_json",
     "render_text",
     "replay",

@@ -81,12 +81,13 @@ async def test_bad_credentials_never_show_the_secret(stack: Stack, caplog):
     assert "-1022" in produced  # the reason is there, the secret is not
 
 
-def test_the_readme_gives_the_acl_the_engine_is_tested_under(capsys) -> None:
+def test_the_readme_gives_the_acl_the_engine_is_tested_under(capsys, monkeypatch) -> None:
     from pathlib import Path
 
     from rotation_fsm.cli import main
 
-    assert main(["acl"]) == 0
+    monkeypatch.setenv("ENGINE_REDIS_PASSWORD", "CHANGE-ME")
+    assert main(["acl", "--password-env", "ENGINE_REDIS_PASSWORD"]) == 0
     printed = capsys.readouterr().out.strip()
     assert printed == setuser_line() and printed.startswith("ACL SETUSER rotation-fsm ")
     readme = (Path(__file__).parents[2] / "README.md").read_text()
