@@ -458,7 +458,7 @@ async def _page(redis: AnyRedis, key: str, low: str, high: str, newest_first: bo
     return await redis.xrange(key, min=low, max=high, count=PAGE) or []
 
 
-async def _scan(
+async def scan_stream(
     redis: AnyRedis,
     key: str,
     *,
@@ -486,7 +486,7 @@ async def _mentions(
     """Audit entries whose body names `needle` (JSON-quoted). The raw bytes are searched
     first, so the many entries that do not mention it are never decoded."""
     quoted = json.dumps(needle).encode()
-    async for entry_id, raw in _scan(redis, keys.audit, **scan):
+    async for entry_id, raw in scan_stream(redis, keys.audit, **scan):
         if quoted in raw.get(b"body", b""):
             yield parse_audit(entry_id, fields_text(raw), keys.audit)
 
@@ -506,7 +506,7 @@ async def _events_of(redis: AnyRedis, keys: Keys, rec: RotationRecord) -> list[d
     last = max(rec.updated_ms, rec.ended_ms, rec.late_confirmed_ms, rec.created_ms)
     wanted = rec.rotation_id.encode()
     out = []
-    async for _, raw in _scan(
+    async for _, raw in scan_stream(
         redis, keys.events, low=str(rec.created_ms - SKEW_MS), high=str(last + AFTER_MS)
     ):
         if raw.get(b"rotation_id") == wanted:
@@ -684,7 +684,7 @@ async def explain(redis: AnyRedis, keys: Keys, some_id: str) -> Story | None:
 
 async def _newest_snapshot(redis: AnyRedis, keys: Keys) -> Recorded | None:
     """The newest audit batch that holds an exchange snapshot (positions read)."""
-    async for entry_id, raw in _scan(redis, keys.audit, newest_first=True):
+    async for entry_id, raw in scan_stream(redis, keys.audit, newest_first=True):
         if b'"positions":[' not in raw.get(b"body", b""):  # no snapshot: skip unparsed
             continue
         found = parse_audit(entry_id, fields_text(raw), keys.audit)

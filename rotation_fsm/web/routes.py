@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from ..keys import Keys
 from ..store import AnyRedis, Store
 from .live import Hub, sse_messages
+from .series import console_series
 from .state import console_state, console_story
 
 STATIC = Path(str(resources.files("rotation_fsm.web").joinpath("static")))
@@ -93,6 +94,11 @@ async def state(request: web.Request) -> web.Response:
     return await _json_or_503(lambda: console_state(redis, keys, _now_ms()))
 
 
+async def series(request: web.Request) -> web.Response:
+    redis, keys = _book(request)
+    return await _json_or_503(lambda: console_series(redis, keys, _now_ms()))
+
+
 async def story(request: web.Request) -> web.Response:
     redis, keys = _book(request)
     some_id = request.match_info["some_id"]
@@ -131,5 +137,6 @@ def add_console_routes(app: web.Application, stores: dict[str, Store], *, contro
     app.router.add_static("/console/static", STATIC, append_version=False)
     app.router.add_get("/api/console/books", books)
     app.router.add_get("/api/console/state", state)
+    app.router.add_get("/api/console/series", series)
     app.router.add_get("/api/console/story/{some_id}", story)
     app.router.add_get("/api/console/events", events)

@@ -196,3 +196,80 @@ async def test_the_page_says_when_the_live_connection_drops_and_recovers(
         await expect(page.locator('#decisions tr[data-plan="p-after"]')).to_have_count(1)
     finally:
         await runner.cleanup()
+
+
+CHARTS = ("decisions", "latency", "slots", "rotations")
+
+
+async def chart_number(page: Page, name: str, attribute: str) -> float:
+    return float(await page.locator(f"#chart-{name}").get_attribute(f"data-{attribute}") or 0)
+
+
+async def stroke_pixels(page: Page, name: str, rgb: tuple[int, int, int]) -> int:
+    """Pixels of the chart's canvas drawn in (about) the colour `rgb`."""
+    count: int = await page.evaluate(
+        """([name, rgb]) => {
+            const canvas = document.querySelector(`#chart-${name} canvas`);
+            const { width, height } = canvas;
+            const pixels = canvas.getContext("2d").getImageData(0, 0, width, height).data;
+            let n = 0;
+            for (let i = 0; i < pixels.length; i += 4) {
+                const close = [0, 1, 2].every((c) => Math.abs(pixels[i + c] - rgb[c]) < 40);
+                if (close && pixels[i + 3] > 200) n += 1;
+            }
+            return n;
+        }""",
+        [name, list(rgb)],
+    )
+    return count
+
+
+async def test_the_charts_draw_the_live_pushes_and_slide(stack: Stack, browser: Browser) -> None:
+    stack.fill_book("BTCUSDT", "ETHUSDT", "SOLUSDT")
+    running = await stack.start_engine(**{**SLOTS, "GOV_ROTATION_LOCK_TTL": "1.5"})
+    page = await open_console(browser, f"http://127.0.0.1:{running.http_port}/")
+    for name in CHARTS:
+        await expect(page.locator(f"#chart-{name} canvas")).to_have_count(1)
+        assert await chart_number(page, name, "total") == 0
+
+    await stack.send_plan("a1b2c3d4e5f67890")  # a rotation, confirmed
+    lock = await stack.event(R.EV_LOCK_CREATED)
+    await stack.send_result(lock["close_plan_id"], symbol=lock["close_symbol"])
+    await stack.event(R.EV_COMPLETE)
+    await stack.send_plan("b1b2c3d4e5f67890", "XRPUSDT")  # a rotation that times out
+    await stack.event(R.EV_TIMEOUT)
+
+    # started + confirmed + started + timed out, counted from the pushes alone
+    await page.wait_for_function(
+        "() => Number(document.querySelector('#chart-rotations').dataset.total) >= 4"
+    )
+    for name in ("decisions", "latency", "slots"):
+        assert await chart_number(page, name, "total") > 0, name
+    await expect(page.locator("#charts-regime")).to_have_text("regime now: UNKNOWN")
+    end = await chart_number(page, "decisions", "end")
+    # The window slides with the clock: its end moves to the next 5 s bucket, and the
+    # slots drawn since the run hold their value up to it.
+    await page.wait_for_function(
+        f"() => Number(document.querySelector('#chart-decisions').dataset.end) > {end}",
+        timeout=10_000,
+    )
+    await screenshot(page, "console-charts")  # docs/console.png is a copy of this one
+    assert await stroke_pixels(page, "decisions", (0x15, 0x80, 0x3D)) > 20  # ALLOW drawn
+    assert await stroke_pixels(page, "rotations", (0xB9, 0x1C, 0x1C)) > 20  # timed out drawn
+    assert await stroke_pixels(page, "slots", (0x0F, 0x17, 0x2A)) > 0  # desired drawn
+
+
+async def test_a_page_opened_later_charts_the_history_it_missed(
+    stack: Stack, browser: Browser
+) -> None:
+    running = await stack.start_engine(**SLOTS)
+    for i in range(5):
+        await stack.send_plan(f"p-history-{i}", "BNBUSDT")
+    for i in range(5):
+        await stack.decision(f"p-history-{i}")
+    page = await open_console(browser, f"http://127.0.0.1:{running.http_port}/")
+    await page.wait_for_function(
+        "() => Number(document.querySelector('#chart-decisions').dataset.total) > 0"
+    )
+    # 5 decisions in 5 s buckets: the chart holds their rate, 1/s for the five
+    assert await chart_number(page, "decisions", "total") == pytest.approx(5 / 5)

@@ -195,6 +195,7 @@ function renderDecisions(rows) {
 
 function renderOverview(state) {
   lastState = state;
+  document.dispatchEvent(new CustomEvent("console:state", { detail: state })); // the charts
   $("paused").hidden = !state.paused;
   renderRegime(state.slots);
   renderCells(state.cells);
@@ -275,8 +276,12 @@ function listen() {
     conn.textContent = "live";
     conn.className = "conn live";
     scheduleRefresh(); // whatever happened while we were away
+    document.dispatchEvent(new CustomEvent("console:hello")); // the charts reload history
   });
-  source.addEventListener("change", scheduleRefresh);
+  source.addEventListener("change", (event) => {
+    scheduleRefresh();
+    document.dispatchEvent(new CustomEvent("console:change", { detail: event.data }));
+  });
   source.addEventListener("error", () => {
     conn.textContent = "disconnected — reconnecting…";
     conn.className = "conn down";
