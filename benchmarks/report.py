@@ -139,8 +139,12 @@ def _cpu_lines(d: dict[str, Any]) -> list[str]:
 def _outcome_lines(d: dict[str, Any]) -> list[str]:
     lines = []
     if "raw" in d:
-        redis_us = d["raw"]["redis_cpu_us_per_call"]
-        lines.append(f"Raw bound: Redis CPU per one-plan commit {redis_us:.1f} µs.")
+        raw = d["raw"]
+        lines.append(
+            f"Raw bounds: Redis CPU per call {raw['redis_cpu_us_per_call']:.1f} µs for the "
+            f"yardstick (HSET+XADD), {raw['commit_redis_cpu_us_per_call']:.1f} µs for a "
+            "one-plan commit.lua."
+        )
     for key, label in (("free_slot", "Free slots"), ("scaling", "Scaling")):
         if key in d:
             b = d[key]

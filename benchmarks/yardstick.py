@@ -1,16 +1,21 @@
-"""The raw Redis bound: sequential round trips of one client running the engine's commit.
+"""The raw Redis bounds: sequential round trips of one client, one EVALSHA per call.
 
-The script is the engine's own `lua/commit.lua`, and its KEYS/ARGV are exactly
-what the engine sends to commit a batch of one free-slot plan: the decision
-entry, the permit, the plan record, the reservation, the XACK and the audit
-entry. They are captured once by running the engine's pure core and its
-`Store.commit` against a recorder instead of Redis, then replayed with a fresh
-plan id per call.
+Two scripts are timed the same way:
+
+- **the fixed yardstick** (`FIXED_LUA`): `HSET` of a small hash and `XADD` of a
+  small entry — the least any store of a decision could do per plan in one atomic
+  call. It does not change with the engine, so a heavier commit cannot make the
+  engine's ratio to it look better; every throughput's "× raw" is against it.
+- **commit.lua's bound**: the engine's own `lua/commit.lua` with exactly the
+  KEYS/ARGV the engine sends to commit a batch of one free-slot plan (the
+  decision entry, the permit, the plan record, the reservation, the XACK and the
+  audit entry), captured once by running the engine's pure core and its
+  `Store.commit` against a recorder instead of Redis, then replayed with a fresh
+  plan id per call.
 
 The client is as thin as a client gets — a blocking socket, the command
 pre-encoded in RESP, replies parsed by hiredis — so the rate is what one
-connection doing one commit per plan, one after another, can reach: the
-yardstick the engine's batched throughput is divided by.
+connection doing one awaited call per plan, one after another, can reach.
 """
 
 from __future__ import annotations
@@ -51,6 +56,13 @@ class YardstickResult:
     redis_us_per_call: float
 
 
+#: the fixed yardstick: a small hash field and a small stream entry, atomically
+FIXED_LUA = """
+redis.call('HSET', KEYS[1], 'plan_id', ARGV[1], 'decision', 'ALLOW')
+return redis.call('XADD', KEYS[2], '*', 'plan_id', ARGV[1], 'decision', 'ALLOW')
+"""
+
+
 class _Recorder:
     """Stands in for a Redis client: the registered script records its KEYS/ARGV."""
 
@@ -89,44 +101,56 @@ def _bytes(value: Any) -> bytes:
 
 
 class _Commands:
-    """The EVALSHA, with the plan id and the expected version filled in per call."""
+    """The EVALSHA, with the plan id (and, for commit.lua, the expected version) per call."""
 
-    def __init__(self, sha: bytes, keys: list[bytes], args: list[bytes]) -> None:
+    def __init__(self, sha: bytes, keys: list[bytes], args: list[bytes], versioned: bool) -> None:
         self.head = (b"EVALSHA", sha, len(keys), *keys)
         self.args = args
+        self.versioned = versioned
 
     def pack(self, serial: int, version: int) -> bytes:
         plan_id = b"yard-%08d" % serial
+        if not self.versioned:
+            return hiredis.pack_command((*self.head, plan_id))
         varying = [a.replace(PLACEHOLDER, plan_id) for a in self.args[1:]]
         return hiredis.pack_command((*self.head, version, *varying))
 
 
 def _round_trips(
-    port: int, commands: _Commands, warmup_s: float, seconds: float
+    port: int, lua: str, commands: _Commands, warmup_s: float, seconds: float
 ) -> tuple[int, int]:
     """Sequential EVALSHAs for `seconds` after `warmup_s`: (calls measured, calls made)."""
     with RawConnection(port) as conn:
-        conn.call("SCRIPT", "LOAD", COMMIT_LUA)
+        conn.call("SCRIPT", "LOAD", lua)
         serial = version = counted = 0
         start = time.perf_counter()
         measure_from, end = start + warmup_s, start + warmup_s + seconds
         while (now := time.perf_counter()) < end:
             reply = conn.send_packed(commands.pack(serial, version))
-            if not isinstance(reply, list) or reply[0] != 1:
-                raise RuntimeError(f"commit.lua refused the yardstick's commit: {reply!r}")
             serial += 1
-            version = int(reply[1])
+            if commands.versioned:
+                if not isinstance(reply, list) or reply[0] != 1:
+                    raise RuntimeError(f"commit.lua refused the yardstick's commit: {reply!r}")
+                version = int(reply[1])
             if now >= measure_from:
                 counted += 1
         return counted, serial
 
 
-async def measure(port: int, redis_pid: int, *, warmup_s: float, seconds: float) -> YardstickResult:
-    """One repetition on a flushed Redis on `port` (its server's pid for CPU time)."""
-    keys, args = await _one_plan_commit()
-    sha = hashlib.sha1(COMMIT_LUA.encode()).hexdigest().encode()
-    commands = _Commands(sha, keys, args)
+async def measure(
+    port: int, redis_pid: int, *, warmup_s: float, seconds: float, fixed: bool = True
+) -> YardstickResult:
+    """One repetition on a flushed Redis on `port` (its server's pid for CPU time): the
+    fixed yardstick, or (`fixed=False`) commit.lua with a one-plan commit."""
+    if fixed:
+        lua = FIXED_LUA
+        keys, args = [b"{yardstick}:hash", b"{yardstick}:stream"], []
+    else:
+        lua = COMMIT_LUA
+        keys, args = await _one_plan_commit()
+    sha = hashlib.sha1(lua.encode()).hexdigest().encode()
+    commands = _Commands(sha, keys, args, versioned=not fixed)
     cpu_before = cpu_seconds(redis_pid)
-    calls, made = await asyncio.to_thread(_round_trips, port, commands, warmup_s, seconds)
+    calls, made = await asyncio.to_thread(_round_trips, port, lua, commands, warmup_s, seconds)
     cpu = cpu_seconds(redis_pid) - cpu_before
     return YardstickResult(calls / seconds, calls, cpu / max(1, made) * 1e6)

@@ -561,10 +561,7 @@ def _start_rotation(ctx: _Ctx, target: Position) -> list[Effect]:
         desired_slots=ctx.desired,
         trigger_entry_id=ctx.entry_id,
         history=[[now_ms, Trigger.LOCK.value, locked], [now_ms, Trigger.EMIT_CLOSE.value, emitted]],
-        snapshot=[
-            [p.symbol, round(p.pnl_pct, 8), round(p.weakness(now_ms), 8)]
-            for p in ctx.market.positions or []
-        ],
+        # No copy of the positions: the audit entry of this batch holds the snapshot.
     )
     close = ClosePlan(
         plan_id=close_id,

@@ -27,7 +27,7 @@ import msgspec
 from redis.exceptions import RedisError
 
 from . import reasons as R
-from .audit import AuditBatch
+from .audit import AuditBatch, entry_body
 from .decide import BookView, Decided, Input, PlanIn, decide_one, expire_reservations
 from .diagram import render_path
 from .keys import Keys
@@ -379,8 +379,22 @@ def ending_sentence(rec: RotationRecord, verdict: str, reason: str) -> str:
 # ================================================================ rotation story
 
 
+def began_positions(rec: RotationRecord, market: Market | None) -> list[list[Any]]:
+    """[symbol, pnl, weakness] of each open position when `rec` began, as the core saw
+    them: from its start batch's snapshot (`market`), or the copy older records kept."""
+    if rec.snapshot or market is None:
+        return rec.snapshot
+    return [
+        [p.symbol, round(p.pnl_pct, 8), round(p.weakness(rec.created_ms), 8)]
+        for p in market.positions or []
+    ]
+
+
 def rotation_story(
-    rec: RotationRecord, start: Moment | None, events: list[dict[str, str]]
+    rec: RotationRecord,
+    start: Moment | None,
+    events: list[dict[str, str]],
+    positions: list[list[Any]] | None = None,
 ) -> list[str]:
     """The rotation from trigger to outcome, with the numbers behind the choice."""
     lines = [f"rotation {rec.rotation_id}: {rec.state}"]
@@ -399,10 +413,10 @@ def rotation_story(
         f"  It closes {rec.close_symbol}, the weakest position it may close: weakness "
         f"{rec.close_weakness:.4f} (weakness = −pnl, +0.05 once a position is a day old)."
     )
-    if rec.snapshot:
+    if positions := positions or rec.snapshot:
         rows = [
             [str(s), pct(float(p)), f"{float(w):.4f}", "closed" if s == rec.close_symbol else ""]
-            for s, p, w in sorted(rec.snapshot, key=lambda r: (-float(r[2]), str(r[0])))
+            for s, p, w in sorted(positions, key=lambda r: (-float(r[2]), str(r[0])))
         ]
         lines.append("  positions when it began:")
         lines += table(["symbol", "pnl", "weakness", "chosen"], rows, indent=4)
@@ -487,7 +501,7 @@ async def _mentions(
     first, so the many entries that do not mention it are never decoded."""
     quoted = json.dumps(needle).encode()
     async for entry_id, raw in scan_stream(redis, keys.audit, **scan):
-        if quoted in raw.get(b"body", b""):
+        if quoted in (entry_body(raw) or b""):
             yield parse_audit(entry_id, fields_text(raw), keys.audit)
 
 
@@ -526,16 +540,19 @@ def _record(rotation_id: str, raw: dict[Any, Any]) -> RotationRecord:
         raise Unreadable(f"rotation {rotation_id}: {exc}") from None
 
 
-async def _start_moment(redis: AnyRedis, keys: Keys, rec: RotationRecord) -> Moment | None:
-    """The decision that began `rec`, re-run from its audit batch (None once trimmed)."""
+async def _start_moment(
+    redis: AnyRedis, keys: Keys, rec: RotationRecord
+) -> tuple[Moment | None, Market | None]:
+    """The decision that began `rec`, re-run from its audit batch, and that batch's
+    exchange snapshot ((None, None) once trimmed)."""
     window = {"low": str(rec.created_ms - SKEW_MS), "high": str(rec.created_ms + AFTER_MS)}
     async for found in _mentions(redis, keys, rec.rotation_id, **window):
         batch = found.entry
         if isinstance(batch, AuditBatch) and batch.now_ms == rec.created_ms:
             for m in moments(found.entry_id, batch, rec.new_plan_id):
                 if m.recorded[3] == rec.rotation_id and m.facts:
-                    return m
-    return None
+                    return m, batch.market
+    return None, None
 
 
 @dataclass
@@ -548,12 +565,13 @@ class Story:
 
 async def explain_rotation(redis: AnyRedis, keys: Keys, rec: RotationRecord) -> Story:
     """The story of one rotation, from its hash, its events and its starting batch."""
-    start = await _start_moment(redis, keys, rec)
+    start, market = await _start_moment(redis, keys, rec)
     events = await _events_of(redis, keys, rec)
-    lines = rotation_story(rec, start, events)
+    positions = began_positions(rec, market)
+    lines = rotation_story(rec, start, events, positions)
     data = {
         "kind": "rotation",
-        "rotation": _rotation_json(rec),
+        "rotation": {**_rotation_json(rec), "snapshot": positions},
         "start": _moment_json(start, rec) if start else None,
         "events": events,
         "outcome": outcome(rec),
@@ -625,9 +643,12 @@ async def explain_plan(
         lines += [f"  {s}" for s in because(m, rot)]
     if not decided:
         lines += ["", "  (its decisions are no longer in the audit stream)"]
+    markets = {r.entry.now_ms: r.entry.market for r in found if isinstance(r.entry, AuditBatch)}
     for rec in rotations.values():
         if rec is not None:  # its numbers were told with the decision above: not again
-            lines += ["", *rotation_story(rec, None, await _events_of(redis, keys, rec))]
+            positions = began_positions(rec, markets.get(rec.created_ms))
+            events = await _events_of(redis, keys, rec)
+            lines += ["", *rotation_story(rec, None, events, positions)]
     data = {
         "kind": "plan",
         "plan_id": plan_id,
@@ -685,7 +706,7 @@ async def explain(redis: AnyRedis, keys: Keys, some_id: str) -> Story | None:
 async def _newest_snapshot(redis: AnyRedis, keys: Keys) -> Recorded | None:
     """The newest audit batch that holds an exchange snapshot (positions read)."""
     async for entry_id, raw in scan_stream(redis, keys.audit, newest_first=True):
-        if b'"positions":[' not in raw.get(b"body", b""):  # no snapshot: skip unparsed
+        if b'"positions":[' not in (entry_body(raw) or b""):  # no snapshot: skip unparsed
             continue
         found = parse_audit(entry_id, fields_text(raw), keys.audit)
         if isinstance(found.entry, AuditBatch) and found.entry.market.positions is not None:

@@ -290,6 +290,8 @@ class RotationRecord(msgspec.Struct, kw_only=True):
     ended_ms: int = 0
     late_confirmed_ms: int = 0
     history: list[list[Any]] = msgspec.field(default_factory=list)
+    # [symbol, pnl, weakness] when it began: only in records of older versions, which
+    # copied it; the audit entry that began the rotation holds the snapshot.
     snapshot: list[list[Any]] = msgspec.field(default_factory=list)
 
 
@@ -301,6 +303,8 @@ def rotation_to_hash(record: RotationRecord) -> dict[str, str]:
     """Hash fields of a rotation record (lists as compact JSON)."""
     out: dict[str, str] = {}
     for name, value in msgspec.structs.asdict(record).items():
+        if name == "snapshot" and not value:
+            continue  # not kept any more (see RotationRecord.snapshot)
         if name in _JSON_FIELDS:
             out[name] = _encoder.encode(value).decode()
         elif value is None:

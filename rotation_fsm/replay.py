@@ -255,7 +255,7 @@ class Recorded:
 
 def parse_audit(entry_id: str, fields: Mapping[str, str], where: str) -> Recorded:
     """An audit entry from its decoded fields; Unreadable (naming `where`) if it is not one."""
-    if "body" not in fields:
+    if "body" not in fields and "body_z" not in fields:
         raise Unreadable(f"{where}: audit entry {entry_id} has no body field")
     try:
         return Recorded(entry_id, parse_entry(dict(fields)))

@@ -77,16 +77,25 @@ class _Batch:
     plan. Long values (the audit body) and bytes travel beside the JSON as ARGV.
     """
 
-    def __init__(self, head: list[str]) -> None:
+    def __init__(self, head: list[str], now_ms: int) -> None:
+        self.now_ms = now_ms
         self.records: list[list[Any]] = [head]
         self.beside: list[bytes | str] = []
         self.reserved: dict[str, str | None] = {}  # symbol → reservation JSON, None: gone
         self.confidence: dict[str, str] = {}
-        self.unheld: list[str] = []
+        self.unheld: dict[str, None] = {}  # hold keys to delete (a later SET takes one back)
         self.acks: dict[str, list[str]] = {}
+        # The rotation indexes, coalesced to each member's final state the same way.
+        self.inflight: dict[str, bool] = {}  # rotation id → in the set or not
+        self.deadlines: dict[str, int | None] = {}  # rotation id → score, None: removed
+        self.finished: dict[str, int] = {}
+        self.unlocked: dict[str, None] = {}  # lock keys to delete, likewise
 
     def op(self, command: str, key: str, *args: Any) -> None:
-        self.records.append([command, key, *[self._arg(a) for a in args]])
+        limit, slow = BESIDE_BYTES, self._arg
+        self.records.append(
+            [command, key, *[a if type(a) is str and len(a) <= limit else slow(a) for a in args]]
+        )
 
     def _arg(self, arg: Any) -> str | int:
         if type(arg) is str:
@@ -269,7 +278,7 @@ class Store:
         """
         if not effects:
             return True
-        batch = _Batch(self._head)
+        batch = _Batch(self._head, now_ms)
         for effect in effects:
             self._translate(batch, effect, now_ms)
         self._coalesced(batch)
@@ -312,11 +321,12 @@ class Store:
                 batch.reserved[sym] = encode_json(res)
                 if holder:
                     hold = encode_json(Hold(symbol=sym, made_by=res.plan_id))
+                    batch.unheld.pop(k.hold(holder), None)
                     batch.op("SET", k.hold(holder), hold, "PX", max(1, until - now_ms))
             case Release(symbol=sym):
                 batch.reserved[sym] = None
             case Unhold(plan_id=plan_id):
-                batch.unheld.append(k.hold(plan_id))
+                batch.unheld[k.hold(plan_id)] = None
             case SetConfidence(symbol=sym, confidence=value):
                 batch.confidence[sym] = repr(value)
             case Emit(stream=stream, fields=fields):
@@ -328,8 +338,8 @@ class Store:
             case SaveRotation(record=rec):
                 self._save_rotation(batch, rec, now_ms)
             case ForgetDeadline(rotation_id=rid):
-                batch.op("ZREM", k.deadlines, rid)
-                batch.op("SREM", k.inflight, rid)
+                batch.deadlines[rid] = None
+                batch.inflight[rid] = False
 
     def _coalesced(self, batch: _Batch) -> None:
         """The hash writes and acks gathered over the batch, one command each."""
@@ -342,10 +352,27 @@ class Store:
             batch.op("HSET", k.reservations, *kept)
         if batch.confidence:
             batch.op("HSET", k.entry_confidence, *_flat(batch.confidence))
-        if batch.unheld:
-            for start in range(0, len(batch.unheld), DEL_CHUNK):
-                key, *more = batch.unheld[start : start + DEL_CHUNK]
+        for keys in (list(batch.unheld), list(batch.unlocked)):
+            for start in range(0, len(keys), DEL_CHUNK):
+                key, *more = keys[start : start + DEL_CHUNK]
                 batch.op("DEL", key, *more)
+        _set_members(batch, "SADD", "SREM", k.inflight, batch.inflight)
+        removed = [rid for rid, score in batch.deadlines.items() if score is None]
+        if removed:
+            batch.op("ZREM", k.deadlines, *removed)
+        due = [
+            x
+            for rid, score in batch.deadlines.items()
+            if score is not None
+            for x in (str(score), rid)
+        ]
+        if due:
+            batch.op("ZADD", k.deadlines, *due)
+        if batch.finished:
+            ended = [x for rid, score in batch.finished.items() for x in (str(score), rid)]
+            batch.op("ZADD", k.finished, *ended)
+            # The index keeps what the rotation hashes keep: trim it as they expire.
+            batch.op("ZREMRANGEBYSCORE", k.finished, "-inf", str(batch.now_ms - self.retention_ms))
         for stream, ids in sorted(batch.acks.items()):
             batch.op("XACK", self._stream[stream], self.group, *ids)
 
@@ -355,19 +382,19 @@ class Store:
         k = self.keys
         key = k.rotation(rec.rotation_id)
         retention = self._retention
+        rid = rec.rotation_id
         batch.op("HSET", key, *_flat(rotation_to_hash(rec)))
-        batch.op("SET", k.close_index(rec.close_plan_id), rec.rotation_id, "PX", retention)
+        batch.op("SET", k.close_index(rec.close_plan_id), rid, "PX", retention)
         if rec.state in IN_FLIGHT:
-            batch.op("SADD", k.inflight, rec.rotation_id)
-            batch.op("ZADD", k.deadlines, str(rec.deadline_ms), rec.rotation_id)
+            batch.inflight[rid] = True
+            batch.deadlines[rid] = rec.deadline_ms
+            batch.unlocked.pop(k.lock(rec.new_plan_id), None)
             batch.op("SET", k.lock(rec.new_plan_id), encode_json(lock_body(rec)))
         else:
-            batch.op("SREM", k.inflight, rec.rotation_id)
-            batch.op("ZREM", k.deadlines, rec.rotation_id)
-            batch.op("DEL", k.lock(rec.new_plan_id))
-            batch.op("ZADD", k.finished, str(rec.ended_ms or now_ms), rec.rotation_id)
-            # The index keeps what the rotation hashes keep: trim it as they expire.
-            batch.op("ZREMRANGEBYSCORE", k.finished, "-inf", str(now_ms - self.retention_ms))
+            batch.inflight[rid] = False
+            batch.deadlines[rid] = None
+            batch.unlocked[k.lock(rec.new_plan_id)] = None
+            batch.finished[rid] = rec.ended_ms or now_ms
             batch.op("PEXPIRE", key, retention)
 
 
@@ -377,6 +404,15 @@ DEL_CHUNK = 500
 
 class CommitRefused(ValueError):
     """The commit script refused a batch before writing anything (a value out of range)."""
+
+
+def _set_members(batch: _Batch, add: str, remove: str, key: str, members: dict[str, bool]) -> None:
+    gone = [m for m, kept in members.items() if not kept]
+    if gone:
+        batch.op(remove, key, *gone)
+    kept = [m for m, kept in members.items() if kept]
+    if kept:
+        batch.op(add, key, *kept)
 
 
 def decision_fields(d: Decision) -> list[str]:

@@ -4,6 +4,11 @@ The seed timed rotations out by checking a lock key that had already expired,
 so its timeout never fired. Here a task scans `deadlines` every `interval_s`
 (default 0.1 s) and hands overdue rotations to the engine, whose guarded commit
 makes sure exactly one replica fires each timeout.
+
+Overdue rotations are taken `batch` at a time (one `ZRANGE … BYSCORE … LIMIT`) and
+submitted pipelined, like the listener's batches: the next batch is read and
+decided while the commit of the one before is still in Redis. That commit's
+rotations are still in the index when the next read comes, so the read skips them.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ class Timer:
         keys: Keys,
         *,
         interval_s: float = 0.1,
-        batch: int = 500,
+        batch: int = 1000,
         clock: Callable[[], int] = wall_ms,
     ) -> None:
         self.redis = redis
@@ -41,6 +46,7 @@ class Timer:
         self.batch = batch
         self.clock = clock
         self.fired = 0
+        self._sent: set[str] = set()  # ticked in the submission whose commit may be in flight
 
     async def run(self, stop: asyncio.Event) -> None:
         """Scan until `stop` is set."""
@@ -49,15 +55,26 @@ class Timer:
             if due < self.batch:  # a full batch means more are overdue: go again now
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
+        await self.engine.flush()
 
     async def run_once(self) -> int:
-        """Hand every overdue rotation (up to `batch`) to the engine; return the count."""
+        """Hand overdue rotations (up to `batch`) to the engine; return the count.
+
+        When nothing new is due, the commit in flight is settled before the caller
+        waits, so a timeout is never left unconfirmed through a quiet spell.
+        """
+        sent = self._sent if self.engine.commit_in_flight else set()
         due = await self.redis.zrangebyscore(
-            self.keys.deadlines, "-inf", self.clock(), start=0, num=self.batch
+            self.keys.deadlines, "-inf", self.clock(), start=0, num=self.batch + len(sent)
         )
-        if not due:
+        fresh = [m.decode() if isinstance(m, bytes) else str(m) for m in due]
+        fresh = [rid for rid in fresh if rid not in sent][: self.batch]
+        if not fresh:
+            self._sent = set()
+            if self.engine.commit_in_flight:
+                await self.engine.flush()
             return 0
-        ticks = [Tick(m.decode() if isinstance(m, bytes) else str(m)) for m in due]
-        await self.engine.handle(ticks)
-        self.fired += len(ticks)
-        return len(ticks)
+        await self.engine.submit([Tick(rid) for rid in fresh])
+        self._sent = set(fresh)
+        self.fired += len(fresh)
+        return len(fresh)

@@ -7,6 +7,7 @@ import pytest
 
 from rotation_fsm import reasons as R
 from rotation_fsm.acl import setuser_args, setuser_line
+from rotation_fsm.audit import entry_body
 from tests.integration.harness import API_KEY, API_SECRET, Stack
 
 pytestmark = pytest.mark.timeout(60)
@@ -76,7 +77,7 @@ async def test_bad_credentials_never_show_the_secret(stack: Stack, caplog):
     d = await stack.decision("p-badsig", timeout_s=20)
     assert d["reason"] == R.POSITIONS_UNAVAILABLE
     produced = caplog.text + repr(await stack.redis.xrange(stack.keys.decisions))
-    produced += repr(await stack.redis.xrange(stack.keys.audit))
+    produced += repr([entry_body(f) for _, f in await stack.redis.xrange(stack.keys.audit)])
     assert API_SECRET not in produced and API_KEY not in produced
     assert "-1022" in produced  # the reason is there, the secret is not
 

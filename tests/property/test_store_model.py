@@ -594,6 +594,7 @@ class StoreModel(RuleBasedStateMachine):
         """Time passes and the timer scans the deadlines."""
         self.now += dt_ms
         self.run(self.timer.run_once())
+        self.run(self.engines[0].flush())  # the timer's commit is pipelined: let it land
         told = self.told()
         # Invariant 4: nothing in flight is past its deadline once the timer has run.
         overdue = [rid for rid, deadline in told.deadlines if deadline <= self.now]
