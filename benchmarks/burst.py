@@ -48,6 +48,7 @@ class BurstResult:
     engine_rss: list[int]
     cpu_us_per_plan: dict[str, float] = field(default_factory=dict)
     others_cores: float = 0.0
+    audit_bytes: int = 0  # MEMORY USAGE of the audit stream after the burst
 
     @property
     def complete(self) -> bool:
@@ -130,6 +131,7 @@ async def _result(
         engine_rss=[e.rss_bytes() for e in engines],
         cpu_us_per_plan=window.per_item_us(plans),
         others_cores=window.others_cores,
+        audit_bytes=int(await rig.redis.memory_usage(rig.keys.audit, samples=0) or 0),
     )
 
 

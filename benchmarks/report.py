@@ -172,12 +172,13 @@ def _outcome_lines(d: dict[str, Any]) -> list[str]:
                 f"{lat['measured']}, undecided {lat['undecided']}, max {lat['max_ms']} ms, "
                 f"engine RSS {lat['engine_rss_mb']} MB."
             )
-    if "timer" in d:
-        t = d["timer"]
-        lines.append(
-            f"Timer: timed out {t['fired']} (of the in-flight count); writing them took "
-            f"{t['write_s']} s; Redis used_memory after {t['redis_used_memory_mb']} MB."
-        )
+    for key, label in (("timer", "Timer"), ("timer_spread", "Timer, spread")):
+        if key in d:
+            t = d[key]
+            lines.append(
+                f"{label}: timed out {t['fired']} (of the in-flight count); writing them took "
+                f"{t['write_s']} s; Redis used_memory after {t['redis_used_memory_mb']} MB."
+            )
     if "phase_seconds" in d:
         lines.append(f"Phase durations (s): {d['phase_seconds']}.")
     return lines

@@ -20,6 +20,7 @@ bound), and the number still in flight is reported.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,7 @@ class TimerResult:
     write_s: float
     engine_rss: int
     used_memory: int
+    timeouts_per_s: float = math.nan  # fired ÷ (last TIMED_OUT − first deadline)
 
     @property
     def complete(self) -> bool:
@@ -172,7 +174,7 @@ async def run_timer(
         rss = engine.rss_bytes()
     finally:
         rig.stop_engines()
-    lags, fired = await _lags(rig, int(time.time() * 1000))
+    lags, fired, span_ms = await _lags(rig, int(time.time() * 1000))
     return TimerResult(
         in_flight=in_flight,
         fired=fired,
@@ -182,6 +184,7 @@ async def run_timer(
         write_s=write_s,
         engine_rss=rss,
         used_memory=await rig.used_memory(),
+        timeouts_per_s=fired / (span_ms / 1000) if span_ms > 0 else math.nan,
     )
 
 
@@ -195,14 +198,19 @@ async def _bring_forward(rig: Rig, parked_ms: int, lead_s: float) -> int:
     return first_ms
 
 
-async def _lags(rig: Rig, now_ms: int) -> tuple[list[float], int]:
-    """Sorted lags (ms) of every rotation — fired or, as a lower bound, not — and how many
-    fired. Timed-out rotations are in the `finished` index, the others still in flight."""
+async def _lags(rig: Rig, now_ms: int) -> tuple[list[float], int, int]:
+    """Sorted lags (ms) of every rotation — fired or, as a lower bound, not — how many
+    fired, and the ms from the first deadline to the last timeout. Timed-out rotations
+    are in the `finished` index, the others still in flight."""
     finished = [_text(m) for m in await rig.redis.zrange(rig.keys.finished, 0, -1)]
     in_flight = [_text(m) for m in await rig.redis.smembers(rig.keys.inflight)]
-    lags = [float(ended - deadline) for deadline, ended in await _times(rig, finished)]
-    lags += [float(now_ms - deadline) for deadline, _ in await _times(rig, in_flight)]
-    return sorted(lags), len(finished)
+    ended_times = await _times(rig, finished)
+    waiting = await _times(rig, in_flight)
+    lags = [float(ended - deadline) for deadline, ended in ended_times]
+    lags += [float(now_ms - deadline) for deadline, _ in waiting]
+    first = min((d for d, _ in ended_times + waiting), default=0)
+    last = max((e for _, e in ended_times), default=0)
+    return sorted(lags), len(finished), last - first
 
 
 async def _times(rig: Rig, rotation_ids: list[str]) -> list[tuple[int, int]]:

@@ -168,6 +168,9 @@ def fire(state: str, trigger: Trigger, **facts: Any) -> str | None:
     cursor.reduce_only = bool(facts.get("reduce_only", False))
     cursor.late_confirmed = bool(facts.get("late_confirmed", False))
     for dest, guards in edges:
-        if all(getattr(cursor, name)() == wanted for name, wanted in guards):
+        for name, wanted in guards:
+            if getattr(cursor, name)() != wanted:
+                break
+        else:
             return str(state) if dest is None else dest
     return None

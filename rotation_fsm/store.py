@@ -62,6 +62,9 @@ from .slots import close_plan_id_candidates
 
 AnyRedis = Redis | RedisCluster
 COMMIT_LUA = resources.files("rotation_fsm").joinpath("lua/commit.lua").read_text()
+LOAD_ROTATIONS_LUA = resources.files("rotation_fsm").joinpath("lua/load_rotations.lua").read_text()
+#: rotation hashes per load call (a call blocks Redis while it runs)
+LOAD_CHUNK = 1000
 
 
 #: a string argument longer than this goes beside the JSON (ARGV), not escaped inside it
@@ -138,6 +141,7 @@ class Store:
         self.retention_ms = int(retention_s * 1000)
         self.audit_maxlen = audit_maxlen
         self._commit = redis.register_script(COMMIT_LUA)
+        self._load_rotations_script = redis.register_script(LOAD_ROTATIONS_LUA)
         self._retention = str(self.retention_ms)
         self._head = [
             keys.decisions,
@@ -240,13 +244,15 @@ class Store:
     async def _load_rotations(self, view: BookView, rotation_ids: list[str]) -> None:
         if not rotation_ids:
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for rotation_id in rotation_ids:
-                pipe.hgetall(self.keys.rotation(rotation_id))
-            replies = await pipe.execute()
-        for rotation_id, raw in zip(rotation_ids, replies, strict=True):
-            if raw:
-                view.rotations[rotation_id] = rotation_from_hash(raw)
+        replies: list[list[bytes]] = []
+        for start in range(0, len(rotation_ids), LOAD_CHUNK):
+            names = [self.keys.rotation(r) for r in rotation_ids[start : start + LOAD_CHUNK]]
+            replies += await self._load_rotations_script(keys=names, args=[])
+        for rotation_id, flat in zip(rotation_ids, replies, strict=True):
+            if flat:
+                view.rotations[rotation_id] = rotation_from_hash(
+                    dict(zip(flat[::2], flat[1::2], strict=False))
+                )
             else:
                 # The set says in flight but the hash is gone (expired by hand?):
                 # nothing can be decided for it, so it no longer holds a slot.
