@@ -3,8 +3,8 @@
 Read from the decision and event streams (their entry ids are Redis's clock), so a
 page opened now shows the history it missed; from then on the page adds each entry
 the live stream pushes into the same buckets (static/charts.js). A decision carries
-the regime, desired slots and free slots it was decided with, so the slot chart needs
-no other source. A busy book writes hundreds of decisions a second: only the newest
+the regime, desired slots and free slots it was decided with: the slot chart's history
+(the page then samples the book's state as it refetches it). A busy book writes hundreds of decisions a second: only the newest
 `MAX_DECISIONS` are read, and the answer says from when its counts are complete.
 """
 

@@ -3,9 +3,10 @@
 // /api/console/series once (and after a reconnect or a book change); from then on
 // every decision and event the console's live stream pushes (console.js forwards them
 // as "console:change") is counted into the same 5-second buckets, and the window
-// slides every second. Slots are as each decision saw them, and as each refetch of the
-// book's state ("console:state", pushed by the same stream) shows them; the regime
-// in force shades them.
+// slides every second. Slots: the history as each decision saw them (desired, and
+// desired − free), live as each refetch of the book's state ("console:state", driven by
+// the same stream) shows them — occupied then counts every symbol taken, so a book over
+// its cap shows it; the regime in force shades them.
 "use strict";
 
 (() => {
@@ -63,23 +64,15 @@
       b.p50_ms = quantile(b.latencies, 0.5);
       b.p99_ms = quantile(b.latencies, 0.99);
     }
-    const desired = Number.parseInt(f.desired_slots, 10);
-    const free = Number.parseInt(f.open_slots, 10);
-    if (f.regime && Number.isInteger(desired) && Number.isInteger(free)) {
-      setSlots(b, desired, desired - free, f.regime);
-    }
-  }
-
-  function setSlots(b, desired, occupied, regime) {
-    b.desired = desired;
-    b.occupied = occupied;
-    b.regime = regime;
   }
 
   function addState(state) {
     const slots = state.slots;
     if (!slots || slots.desired === null || slots.desired === undefined) return;
-    setSlots(bucketAt(state.now_ms), slots.desired, slots.occupied.length, slots.regime);
+    const b = bucketAt(state.now_ms);
+    b.desired = slots.desired;
+    b.occupied = slots.occupied.length;
+    b.regime = slots.regime;
   }
 
   function addEvent(ms, f) {
@@ -245,9 +238,12 @@
     document.addEventListener("console:state", (event) => addState(event.detail));
     document.addEventListener("console:hello", backfill); // first connect and reconnects
     $("book").addEventListener("change", backfill);
-    window.addEventListener("resize", () => {
+    // A chart is made while its section may still be hidden: size it whenever its box
+    // gets (or changes) a width.
+    const resized = new ResizeObserver(() => {
       for (const name of Object.keys(CHARTS)) charts[name].setSize(size($("chart-" + name)));
     });
+    for (const name of Object.keys(CHARTS)) resized.observe($("chart-" + name));
     setInterval(() => {
       forget();
       draw();
