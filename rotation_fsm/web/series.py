@@ -4,8 +4,9 @@ Read from the decision and event streams (their entry ids are Redis's clock), so
 page opened now shows the history it missed; from then on the page adds each entry
 the live stream pushes into the same buckets (static/charts.js). A decision carries
 the regime, desired slots and free slots it was decided with: the slot chart's history
-(the page then samples the book's state as it refetches it). A busy book writes hundreds of decisions a second: only the newest
-`MAX_DECISIONS` are read, and the answer says from when its counts are complete.
+(the page then samples the book's state as it refetches it). A busy book writes
+hundreds of decisions a second: only the newest `MAX_DECISIONS` are read, and the
+answer says from when its counts are complete.
 """
 
 from __future__ import annotations
