@@ -40,6 +40,7 @@ class ViewSeed(msgspec.Struct, kw_only=True):
     close_index: dict[str, str]
     entry_confidence: dict[str, float]
     holds: dict[str, Hold] = {}  # the holds of the plans whose results the batch read
+    view_as_of_ms: int = 0
 
     def to_view(self) -> BookView:
         """A fresh `BookView` holding this seed (copies: the seed stays as recorded)."""
@@ -54,6 +55,7 @@ class ViewSeed(msgspec.Struct, kw_only=True):
             close_index=copy.close_index,
             entry_confidence=copy.entry_confidence,
             holds=copy.holds,
+            view_as_of_ms=copy.view_as_of_ms,
         )
 
 
@@ -98,6 +100,7 @@ def seed_of(view: BookView) -> ViewSeed:
         close_index=view.close_index,
         entry_confidence=view.entry_confidence,
         holds=view.holds,
+        view_as_of_ms=view.view_as_of_ms,
     )
     # Deep copy through the encoder: records are mutable structs the batch may replace.
     return msgspec.json.decode(_encode(seed), type=ViewSeed)

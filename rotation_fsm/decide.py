@@ -187,6 +187,12 @@ class Unhold(msgspec.Struct, frozen=True, tag="unhold"):
     plan_id: str
 
 
+class ViewAsOf(msgspec.Struct, frozen=True, tag="view_as_of"):
+    """The book's decisions now rest on an exchange view as of `as_of_ms`."""
+
+    as_of_ms: int
+
+
 class SetConfidence(msgspec.Struct, frozen=True, tag="confidence"):
     symbol: str
     confidence: float
@@ -208,6 +214,7 @@ Effect = (
     | Release
     | Unhold
     | SetConfidence
+    | ViewAsOf
     | Ack
 )
 
@@ -234,6 +241,7 @@ class BookView:
     _in_flight_symbols: tuple[frozenset[str], frozenset[str]] | None = field(
         default=None, repr=False, compare=False
     )
+    view_as_of_ms: int = 0  # the newest exchange view a committed decision rested on
 
     def rotation_targets(self) -> frozenset[str]:
         """Symbols being closed by a rotation in flight."""
@@ -283,6 +291,8 @@ class BookView:
                 self.entry_confidence[sym] = value
             case DeadLetter(stream=stream, entry_id=entry_id):
                 self.dead_lettered.add(f"{stream}:{entry_id}")
+            case ViewAsOf(as_of_ms=as_of_ms):
+                self.view_as_of_ms = max(self.view_as_of_ms, as_of_ms)
             case _:
                 pass
 
@@ -688,15 +698,18 @@ def _end_blocked(
     ]
 
 
-def _unhold(view: BookView, plan_id: str) -> list[Effect]:
-    """`plan_id`'s share of its symbol's reservation, given back (once: the hold goes)."""
+def _unhold(view: BookView, plan_id: str, filled_ms: int) -> list[Effect]:
+    """`plan_id`'s share of its symbol's reservation, given back (once: the hold goes).
+
+    `filled_ms` > 0: the entry was executed, read at that time; its share then turns
+    into a fill the exchange view must show before the slot stops being counted."""
     hold = view.holds.get(plan_id)
     if hold is None:
         return []
     res = view.reservations.get(hold.symbol)
     if res is None or res.plan_id != hold.made_by:
         return [Unhold(plan_id)]  # that reservation already ended (TTL); not this one's
-    rest = res.without_one()
+    rest = res.without_one(filled_ms)
     return [Unhold(plan_id), Release(hold.symbol) if rest is None else Reserve(hold.symbol, rest)]
 
 
@@ -705,10 +718,11 @@ def decide_result(result: Result, view: BookView, rules: Rules, now_ms: int) -> 
     rotation_id = view.close_index.get(result.plan_id)
     rec = view.rotations.get(rotation_id) if rotation_id else None
     if rec is None:
-        # An entry's result, executed or not, ends its hold on the slot: executed, the
-        # exchange now shows the position (the snapshot is taken after the result is
-        # read); not executed, nothing opens.
-        return _unhold(view, result.plan_id)
+        # An entry's result ends its hold. Not executed, nothing opened: the slot is
+        # free. Executed, the position exists on the exchange but a view taken before
+        # now may not show it, so the reservation keeps counting until the engine
+        # decides on a view as of a later time (`tidy_reservations`).
+        return _unhold(view, result.plan_id, now_ms if result.executed else 0)
     facts = {
         "executed": result.executed,
         "reduce_only": result.reduce_only,
@@ -803,14 +817,22 @@ def decide_extend(rec: RotationRecord, deadline_ms: int, now_ms: int, by: str) -
 # ---------------------------------------------------------------- batches
 
 
-def expire_reservations(view: BookView, now_ms: int) -> list[Effect]:
-    """Reservations past their TTL (a lost result must not hold a slot for ever).
+def tidy_reservations(view: BookView, market: Market, rules: Rules, now_ms: int) -> list[Effect]:
+    """Reservations that end before a batch is decided.
 
-    Not ended by the symbol showing open: another entry for it may still be on its
-    way and would open it again after a close (the symbol is counted once anyway).
+    Past their TTL (a lost result must not hold a slot for ever), or settled: no
+    entry holds them any more and `market` is as of a time after their last fill was
+    read (plus `rules.clock_skew_ms`, for replicas whose clocks differ), so the view
+    itself counts the position now. Not ended merely by the symbol showing open:
+    another entry for it may still be on its way and would open it again after a
+    close (the symbol is counted once anyway).
     """
+    margin = rules.clock_skew_ms
     return [
-        Release(sym) for sym, res in sorted(view.reservations.items()) if res.until_ms <= now_ms
+        Release(sym)
+        for sym, res in sorted(view.reservations.items())
+        if res.until_ms <= now_ms
+        or (res.settling and market.shows_after(sym, res.filled_ms + margin))
     ]
 
 
@@ -851,14 +873,44 @@ def _known(view: BookView, rotation_id: str) -> RotationRecord:
     return rec
 
 
+def newest_view(view: BookView, market: Market) -> tuple[Market, list[Effect]]:
+    """`market` if no committed decision rested on a newer view, else no view at all.
+
+    Views must only move forward. A view older than one the book already decided on
+    may still show a position that has closed since, and an add "into" it would
+    reopen a slot that a newer decision already gave away (two replicas whose
+    exchange answers crossed). The shell fetches again instead; a batch that gets
+    here anyway fails closed. A newer view raises the book's mark.
+    """
+    if market.positions is None or market.as_of_ms == view.view_as_of_ms:
+        return market, []
+    if market.as_of_ms > view.view_as_of_ms:
+        return market, [ViewAsOf(market.as_of_ms)]
+    error = (
+        f"exchange view as of {market.as_of_ms} ms is older than the one the book "
+        f"already decided on ({view.view_as_of_ms} ms)"
+    )
+    return Market(positions=None, positions_error=error, as_of_ms=market.as_of_ms), []
+
+
+def start_batch(
+    view: BookView, market: Market, rules: Rules, now_ms: int
+) -> tuple[Market, list[Effect]]:
+    """What a batch does before its first input: the view it may rest on, and the
+    reservations that end. Applied to `view`; returns (market to decide on, effects)."""
+    market, effects = newest_view(view, market)
+    effects.extend(tidy_reservations(view, market, rules, now_ms))
+    for effect in effects:
+        view.apply(effect)
+    return market, effects
+
+
 def decide_batch(
     inputs: Sequence[Input], view: BookView, market: Market, rules: Rules, now_ms: int
 ) -> list[Effect]:
     """Effects of a whole batch, each input decided after the ones before it."""
     view.forget_derived()  # the view may have been loaded or changed since
-    effects: list[Effect] = expire_reservations(view, now_ms)
-    for effect in effects:
-        view.apply(effect)
+    market, effects = start_batch(view, market, rules, now_ms)
     for item in inputs:
         for effect in decide_one(item, view, market, rules, now_ms):
             view.apply(effect)
@@ -886,6 +938,7 @@ __all__ = [
     "SaveRotation",
     "SetConfidence",
     "Tick",
+    "ViewAsOf",
     "decide_batch",
     "decide_one",
 ]

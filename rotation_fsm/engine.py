@@ -67,9 +67,12 @@ def needs_market(inputs: Sequence[Input], rules: Rules) -> list[str]:
     )
 
 
-async def fetch_market(exchange: Exchange, symbols: list[str], rules: Rules) -> Market:
-    """One snapshot for a batch. Failures are recorded, never raised: the core
-    turns a missing answer into a fail-closed block."""
+async def fetch_market(
+    exchange: Exchange, symbols: list[str], rules: Rules, as_of_ms: int
+) -> Market:
+    """One snapshot for a batch, as of `as_of_ms` (the clock read before the requests
+    go out: an answer reflects at least what the exchange held then). Failures are
+    recorded, never raised: the core turns a missing answer into a fail-closed block."""
     if not symbols:
         return Market()
     # Positions, account and the plans' klines at once: one exchange round trip of
@@ -83,7 +86,7 @@ async def fetch_market(exchange: Exchange, symbols: list[str], rules: Rules) -> 
         return_exceptions=True,
     )
     if isinstance(positions, BaseException):  # any failure of the exchange fails closed
-        return Market(positions=None, positions_error=str(positions))
+        return Market(positions=None, positions_error=str(positions), as_of_ms=as_of_ms)
     account_error = str(account) if isinstance(account, BaseException) else ""
     klines = dict(zip(asked, first, strict=True))
     if rules.correlation_gate_on:  # every open position's klines too
@@ -96,7 +99,14 @@ async def fetch_market(exchange: Exchange, symbols: list[str], rules: Rules) -> 
         {s: (None if isinstance(a, BaseException) else a) for s, a in klines.items()},
         symbols,
         account_error=account_error,
+        as_of_ms=as_of_ms,
     )
+
+
+def _behind(market: Market, view: BookView) -> bool:
+    """The book already decided on a newer exchange view than `market` (the core
+    would refuse it: see `decide.newest_view`)."""
+    return market.positions is not None and market.as_of_ms < view.view_as_of_ms
 
 
 async def _no_account() -> None:
@@ -145,7 +155,7 @@ class BookEngine:
         """Decide `inputs` and commit their effects exactly once; return the effects."""
         if not inputs:
             return []
-        market = await fetch_market(self.exchange, needs_market(inputs, self.rules), self.rules)
+        market = await self._fetch(needs_market(inputs, self.rules), self.rules)
         async with self._lock:
             await self._settle()
             return await self._decide_and_commit(inputs, market)
@@ -163,7 +173,7 @@ class BookEngine:
         if not inputs:
             return
         wanted = needs_market(inputs, self.rules)
-        market = await fetch_market(self.exchange, wanted, self.rules)
+        market = await self._fetch(wanted, self.rules)
         async with self._lock:
             started = time.perf_counter()
             view = await self.store.load(inputs, market)
@@ -173,10 +183,12 @@ class BookEngine:
                     view.apply(effect)
                 view.version += 1
             rules = self._live(view.settings_raw)
-            if set(needs_market(inputs, rules)) - set(wanted):
-                await self._settle()  # rare: the settings changed what to ask the exchange
+            if set(needs_market(inputs, rules)) - set(wanted) or _behind(market, view):
+                # Rare: the settings changed what to ask the exchange, or another
+                # replica already decided on a newer exchange view than ours.
+                await self._settle()
                 await self._decide_and_commit(
-                    inputs, await fetch_market(self.exchange, needs_market(inputs, rules), rules)
+                    inputs, await self._fetch(needs_market(inputs, rules), rules)
                 )
                 return
             version, effects, now_ms = self._decide(inputs, view, market, rules)
@@ -230,10 +242,11 @@ class BookEngine:
             started = time.perf_counter()
             view = await self.store.load(inputs, market)
             rules = self._live(view.settings_raw)
-            if set(needs_market(inputs, rules)) - set(wanted):
-                # The live settings changed under us (e.g. resumed): ask again.
+            if set(needs_market(inputs, rules)) - set(wanted) or _behind(market, view):
+                # The live settings changed under us (e.g. resumed), or another replica
+                # decided on a newer exchange view: ask again.
                 wanted = needs_market(inputs, rules)
-                market = await fetch_market(self.exchange, wanted, rules)
+                market = await self._fetch(wanted, rules)
                 continue
             version, effects, now_ms = self._decide(inputs, view, market, rules)
             if await self.store.commit(version, effects, now_ms):
@@ -244,6 +257,9 @@ class BookEngine:
             # with the attempt so two replicas do not keep colliding in step.
             await asyncio.sleep(min(0.05, 0.001 * (attempt + 1)))
         raise CommitConflict(f"gave up after {self.max_attempts} conflicting commits")
+
+    async def _fetch(self, symbols: list[str], rules: Rules) -> Market:
+        return await fetch_market(self.exchange, symbols, rules, self.clock())
 
     def _landed(
         self,

@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 
 from . import reasons as R
 from .audit import AuditBatch, entry_body
-from .decide import BookView, Decided, Input, PlanIn, decide_one, expire_reservations
+from .decide import BookView, Decided, Input, PlanIn, decide_one, start_batch
 from .diagram import render_path
 from .keys import Keys
 from .messages import (
@@ -167,8 +167,7 @@ def moments(audit_id: str, batch: AuditBatch, plan_id: str) -> list[Moment]:
     """
     view = batch.seed.to_view()
     market, rules, now_ms = batch.market, batch.rules, batch.now_ms
-    for effect in expire_reservations(view, now_ms):
-        view.apply(effect)
+    market, _ = start_batch(view, market, rules, now_ms)
     recorded = iter([row for row in batch.decided if row[0] == plan_id])
     out: list[Moment] = []
     for item in batch.inputs:

@@ -78,6 +78,12 @@ class Keys:
         return self.name("quantum:rotation:version")
 
     @property
+    def view_as_of(self) -> str:
+        """The newest exchange view a committed decision was made on (ms): no later
+        decision may rest on an older one."""
+        return self.name("quantum:rotation:view_as_of")
+
+    @property
     def reservations(self) -> str:
         """Hash symbol → reservation JSON: allowed entries not yet positions."""
         return self.name("quantum:rotation:reservations")

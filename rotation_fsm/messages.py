@@ -213,27 +213,44 @@ class Reservation(msgspec.Struct, frozen=True, kw_only=True):
     """A symbol's slot held for allowed entries on their way (contract §3a, amended).
 
     `plan_id` is the entry that made it; `holders` counts every allowed entry holding
-    it (each has a `Hold` record naming this reservation). It ends when the last
-    holder's result came, or at `until_ms` (the latest holder's TTL). A count, not
-    a list: a burst of entries into one symbol must not make each commit rewrite
-    and each audit entry copy a list as long as the burst.
+    it (each has a `Hold` record naming this reservation). It ends at `until_ms` (the
+    latest holder's TTL), or once nobody holds it and no fill is left to be seen.
+    A count, not a list: a burst of entries into one symbol must not make each commit
+    rewrite and each audit entry copy a list as long as the burst.
+
+    `filled_ms` is when the latest *executed* result of a holder was read. A fill is
+    on the exchange before its result is written, but an exchange view taken before
+    that moment does not show it: until the engine decides on a view as of a later
+    time, the reservation keeps counting ("settling", `holders` 0), so no decision
+    made on an older view can hand the filled position's slot to someone else.
     """
 
     plan_id: str
     until_ms: int
     holders: int = 1
+    filled_ms: int = 0
+
+    @property
+    def settling(self) -> bool:
+        """Nobody holds it any more; it waits for a view that shows the fill."""
+        return self.holders <= 0
 
     def joined(self, until_ms: int) -> Reservation:
         """Held by one more entry, until the later of the two ends."""
-        return Reservation(
-            plan_id=self.plan_id, until_ms=max(self.until_ms, until_ms), holders=self.holders + 1
+        return msgspec.structs.replace(
+            self, until_ms=max(self.until_ms, until_ms), holders=max(self.holders, 0) + 1
         )
 
-    def without_one(self) -> Reservation | None:
-        """Once one holder's result came; None when nobody holds it any more."""
-        if self.holders <= 1:
+    def without_one(self, filled_ms: int = 0) -> Reservation | None:
+        """Once one holder's result came (`filled_ms` > 0: it was executed, then).
+
+        None when nobody holds it any more and no fill waits to be seen: the slot
+        is free at once (a rejected entry opened nothing)."""
+        holders = max(self.holders - 1, 0)
+        filled = max(self.filled_ms, filled_ms)
+        if holders == 0 and filled == 0:
             return None
-        return Reservation(plan_id=self.plan_id, until_ms=self.until_ms, holders=self.holders - 1)
+        return msgspec.structs.replace(self, holders=holders, filled_ms=filled)
 
 
 class Hold(msgspec.Struct, frozen=True, kw_only=True):

@@ -122,6 +122,9 @@ RULE_SPECS: dict[str, _Spec] = {
     "GOV_ISSUE_PERMITS": _Spec("issue_permits", "true", parse_bool, "true or false"),
     "GOV_RESERVATION_TTL": _Spec("reservation_ttl_s", "60", _positive_float, "seconds > 0"),
     "GOV_ENTRIES_PAUSED": _Spec("entries_paused", "false", parse_bool, "true or false"),
+    "GOV_CLOCK_SKEW_MS": _Spec(
+        "clock_skew_ms", "250", _non_negative_int, "milliseconds, a whole number >= 0"
+    ),
 }
 
 
@@ -140,6 +143,9 @@ class Rules(msgspec.Struct, frozen=True, kw_only=True):
     issue_permits: bool = True
     reservation_ttl_s: float = 60.0
     entries_paused: bool = False
+    #: how far two replicas' wall clocks may differ: a fill read on one is trusted to
+    #: show in another's exchange view only once that view is this much newer
+    clock_skew_ms: int = 250
 
     @property
     def correlation_gate_on(self) -> bool:

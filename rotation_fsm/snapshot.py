@@ -25,6 +25,13 @@ class Market(msgspec.Struct, kw_only=True, dict=True):
     maps a plan symbol to each other open symbol's correlation (None: no
     variance or too little data). `klines_missing` lists symbols whose klines
     could not be fetched at all.
+
+    `as_of_ms` is the local wall-clock time up to which the view is known to hold
+    everything the exchange did: the start of the REST request it came from (an
+    answer may be computed any time after the request was sent, never before).
+    `seen_ms[s]` is when the view last learnt, from the exchange's own push, that
+    symbol `s` is open. A view never proves a fill it is not as of (`shows_after`):
+    that is what keeps a filled entry's slot counted until the view catches up.
     """
 
     positions: list[Position] | None = None
@@ -34,6 +41,15 @@ class Market(msgspec.Struct, kw_only=True, dict=True):
     readings: dict[str, RegimeReading] = msgspec.field(default_factory=dict)
     correlations: dict[str, dict[str, float | None]] = msgspec.field(default_factory=dict)
     klines_missing: list[str] = msgspec.field(default_factory=list)
+    as_of_ms: int = 0
+    seen_ms: dict[str, int] = msgspec.field(default_factory=dict)
+
+    def shows_after(self, symbol: str, moment_ms: int) -> bool:
+        """True when this view is known to include what the exchange held for
+        `symbol` at `moment_ms` (local clock): as of then or later."""
+        if self.positions is None:
+            return False
+        return max(self.as_of_ms, self.seen_ms.get(symbol, 0)) >= moment_ms
 
     def reading(self, symbol: str) -> RegimeReading:
         """The regime of `symbol`; UNKNOWN when nothing was read for it."""
@@ -53,6 +69,8 @@ def build_market(
     *,
     positions_error: str = "",
     account_error: str = "",
+    as_of_ms: int = 0,
+    seen_ms: Mapping[str, int] | None = None,
 ) -> Market:
     """The numbers the core needs, computed once per batch from raw answers.
 
@@ -80,4 +98,6 @@ def build_market(
         readings=readings,
         correlations=correlations,
         klines_missing=sorted(s for s, v in klines.items() if v is None),
+        as_of_ms=as_of_ms,
+        seen_ms=dict(seen_ms or {}),
     )

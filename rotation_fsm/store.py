@@ -41,6 +41,7 @@ from .decide import (
     SetConfidence,
     Tick,
     Unhold,
+    ViewAsOf,
 )
 from .keys import BLOCK_TTL_S, PERMIT_TTL_S, Keys
 from .machine import IN_FLIGHT
@@ -186,6 +187,7 @@ class Store:
             pipe.hgetall(k.reservations)
             pipe.hgetall(k.entry_confidence)
             pipe.hgetall(k.settings)
+            pipe.get(k.view_as_of)
             if whole:
                 pipe.smembers(k.inflight)
             # MGET through execute_command: redis-py's cluster pipeline refuses its
@@ -200,8 +202,8 @@ class Store:
             if answered:
                 pipe.execute_command("MGET", *[k.hold(p) for p in answered])
             replies = await pipe.execute()
-        version, policy, reservations, confidence, live = replies[:5]
-        rest = iter(replies[5:])
+        version, policy, reservations, confidence, live, view_as_of = replies[:6]
+        rest = iter(replies[6:])
         inflight = next(rest) if whole else set()
         plan_raw = next(rest) if plan_ids else []
         close_raw = next(rest) if close_ids else []
@@ -209,6 +211,7 @@ class Store:
         hold_raw = next(rest) if answered else []
         view = BookView(
             version=int(version or 0),
+            view_as_of_ms=int(view_as_of or 0),
             policy_raw=policy,
             reservations=_reservations(reservations),
             inflight={m.decode() for m in inflight},
@@ -333,6 +336,8 @@ class Store:
                 batch.reserved[sym] = None
             case Unhold(plan_id=plan_id):
                 batch.unheld[k.hold(plan_id)] = None
+            case ViewAsOf(as_of_ms=as_of_ms):
+                batch.op("SET", k.view_as_of, str(as_of_ms))
             case SetConfidence(symbol=sym, confidence=value):
                 batch.confidence[sym] = repr(value)
             case Emit(stream=stream, fields=fields):

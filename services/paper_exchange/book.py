@@ -53,6 +53,9 @@ class PaperBook:
         self.requests: Counter[str] = Counter()
         self.fail_next = 0
         self._fault: str | None = None
+        #: seconds between taking a positionRisk snapshot and answering with it (a
+        #: slow exchange: the answer shows the book as it was when asked)
+        self.snapshot_delay_s = 0.0
 
     @property
     def fault(self) -> str | None:

@@ -113,7 +113,10 @@ async def _position_risk(request: web.Request) -> web.Response:
         return refused
     book = request.app[BOOK]
     # Like Binance, every symbol ever traded is listed, flat ones with positionAmt 0.
-    return web.json_response([_position_row(book, s) for s in sorted(book.traded)])
+    rows = [_position_row(book, s) for s in sorted(book.traded)]
+    if book.snapshot_delay_s > 0:
+        await asyncio.sleep(book.snapshot_delay_s)
+    return web.json_response(rows)
 
 
 def _position_row(book: PaperBook, symbol: str) -> dict[str, Any]:

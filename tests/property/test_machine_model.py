@@ -21,7 +21,10 @@ dead letters), never from the engine's own state:
 The model follows the contract's reservation bookkeeping (§3a: one reservation per
 symbol, held by every allowed entry for it — a new slot's, and each `slot_already_held`
 one — until that entry's result comes, or the TTL ends it; an entry whose reservation
-ended by TTL is taken as never filling, as its permit has expired too). Bugs this
+ended by TTL is taken as never filling, as its permit has expired too). An executed
+entry's reservation outlives its result until a snapshot as of a later time is decided
+on: the exchange's answers may lag (`exchange_view_lags`), the snapshot the core is
+given shows the book as it was then, and the invariants are checked on the truth. Bugs this
 model found are pinned by the strict `xfail` tests at the bottom of this file, and the
 model steps around them so that it keeps looking for new ones: it redelivers only the
 latest entry of a plan id, and never redelivers a bad entry. When a bug is fixed, its
@@ -63,6 +66,7 @@ from rotation_fsm.decide import (
     ResultIn,
     Tick,
     UnknownRotation,
+    ViewAsOf,
 )
 from rotation_fsm.engine import needs_market
 from rotation_fsm.listener import to_input
@@ -223,10 +227,17 @@ class BookModel(RuleBasedStateMachine):
         self.exchange_up = True
         self.margin = "ok"  # ok | over | missing
         self.positions: dict[str, float] = {}  # symbol → pnl fraction
+        self.history: list[tuple[int, dict[str, float]]] = []  # (since ms, positions)
+        self.lag_ms = 0  # how old the exchange's answers are when the core decides
+        self.visible: dict[str, float] = {}  # the positions of the batch's snapshot
+        self.mark = 0  # the newest snapshot the core decided on: older ones are refused
+        self.refused_view = False  # the batch's snapshot is older than `mark`
+        self.raised_mark = False  # the batch's snapshot is newer than `mark`
         self.regimes: dict[str, Regime] = {}
         # what the contract's bookkeeping says (§3a), kept from the outputs
         self.reservations: dict[str, tuple[str, int]] = {}  # symbol → (owner plan id, until)
         self.holders: dict[str, list[str]] = {}  # symbol → every plan id holding it
+        self.filled: dict[str, int] = {}  # symbol → when its latest executed result came
         self.entries: dict[str, Entry] = {}  # plan id → entry that may still fill
         self.confidence: dict[str, float] = {}  # symbol → entry confidence (§5)
         # plans and rotations, as the outputs described them
@@ -256,6 +267,7 @@ class BookModel(RuleBasedStateMachine):
     def setup(self, cap: int, permits: bool, chop: int, positions: dict[str, float]) -> None:
         """Rules in force, and the positions the book already holds when the engine starts."""
         self.positions = dict(positions)
+        self.history.append((0, dict(positions)))  # held since before the engine started
         self.rules = Rules(
             slots_chop=chop,
             slots_base=3,
@@ -280,9 +292,24 @@ class BookModel(RuleBasedStateMachine):
             return self.rules.slots_base
         return self.rules.slots_chop
 
+    def _moved(self) -> None:
+        """The exchange's positions changed now: remember them for lagging snapshots."""
+        self.history.append((self.now, dict(self.positions)))
+
+    def _positions_at(self, as_of_ms: int) -> dict[str, float]:
+        """The positions as the exchange held them at `as_of_ms`."""
+        held: dict[str, float] = {}
+        for since, positions in self.history:
+            if since > as_of_ms:
+                break
+            held = positions
+        return held
+
     def market(self) -> Market:
         if not self.exchange_up:
             return Market(positions=None, positions_error="exchange down")
+        as_of = self.now - self.lag_ms
+        self.visible = self._positions_at(as_of)
         positions = [
             Position(
                 symbol=s,
@@ -291,14 +318,14 @@ class BookModel(RuleBasedStateMachine):
                 unrealized_profit=pnl * 100.0,
                 update_time_ms=self.now - HOUR_MS,
             )
-            for s, pnl in sorted(self.positions.items())
+            for s, pnl in sorted(self.visible.items())
         ]
         account = None
         if self.margin != "missing":
             used = 900.0 if self.margin == "over" else 100.0
             account = Account(total_initial_margin=used, total_margin_balance=1000.0)
         readings = {s: reading(r) for s, r in self.regimes.items()}
-        return Market(positions=positions, account=account, readings=readings)
+        return Market(positions=positions, account=account, readings=readings, as_of_ms=as_of)
 
     def in_flight(self) -> list[Rot]:
         return [r for r in self.rotations.values() if r.in_flight]
@@ -310,15 +337,31 @@ class BookModel(RuleBasedStateMachine):
         """Occupied slots, in symbols (contract §3a)."""
         return set(self.positions) | set(self.reservations) | self.targets()
 
-    def _expire(self) -> list[str]:
-        """Reservations the batch ends before anything else: past their TTL."""
-        gone = sorted(s for s, (_, until) in self.reservations.items() if until <= self.now)
+    def seen_by_core(self) -> set[str]:
+        """Occupied slots as the core can count them: the snapshot's positions."""
+        return set(self.visible) | set(self.reservations) | self.targets()
+
+    def _expire(self, mkt: Market) -> list[str]:
+        """Reservations the batch ends before anything else: past their TTL, or held by
+        nobody with their last fill older than the snapshot (clock skew allowed for)."""
+        skew = self.rules.clock_skew_ms
+        gone = sorted(
+            s
+            for s, (_, until) in self.reservations.items()
+            if until <= self.now
+            or (
+                not self.holders.get(s)
+                and mkt.positions is not None
+                and mkt.as_of_ms >= self.filled.get(s, 0) + skew
+            )
+        )
         for symbol in gone:
             self._release(symbol)
         return gone
 
     def _release(self, symbol: str) -> None:
         self.reservations.pop(symbol)
+        self.filled.pop(symbol, None)
         # Ended by TTL or by the last holder's result: whatever has not filled by now
         # will not (its permit expired with it).
         for holder in self.holders.pop(symbol, []):
@@ -339,8 +382,16 @@ class BookModel(RuleBasedStateMachine):
         """The batch's market (fetched only for OPEN plans, like the engine), and the
         reservations it ends before anything else — so a rule can predict its decision."""
         mkt = self.market() if needs_market(inputs, self.rules) else Market()
-        before = self.charged()
-        return mkt, self._expire(), before
+        # Occupancy as the world or the core's snapshot counts it: an add into a
+        # position the snapshot still shows open reopens a slot nobody gave away.
+        before = self.charged() | (set(self.visible) if mkt.positions is not None else set())
+        self.refused_view = mkt.positions is not None and mkt.as_of_ms < self.mark
+        self.raised_mark = mkt.positions is not None and mkt.as_of_ms > self.mark
+        if self.refused_view:
+            return mkt, self._expire(Market()), before
+        if self.raised_mark:
+            self.mark = mkt.as_of_ms
+        return mkt, self._expire(mkt), before
 
     def feed(
         self,
@@ -353,6 +404,11 @@ class BookModel(RuleBasedStateMachine):
         mkt, gone, before = prepared or self.prepare(inputs)
         effects = self.book.feed(inputs, mkt, self.rules, self.now)
         out = Outputs(effects)
+        # A newer snapshot raises the book's mark first, once.
+        raised = [e for e in effects if isinstance(e, ViewAsOf)]
+        newer = self.raised_mark
+        assert raised == ([ViewAsOf(mkt.as_of_ms)] if newer else []), (raised, mkt.as_of_ms)
+        effects = effects[len(raised) :]
         # The batch starts with the reservations that ended, in symbol order.
         assert effects[: len(gone)] == [Release(s) for s in gone], (effects, gone)
         for effect in effects[len(gone) :]:
@@ -517,19 +573,19 @@ class BookModel(RuleBasedStateMachine):
             return R.WAITING_ROTATION_CLOSE, set()
         if sym not in UNIVERSE:
             return R.NOT_IN_UNIVERSE, set()
-        if not self.exchange_up or self.margin == "missing":
+        if not self.exchange_up or self.refused_view or self.margin == "missing":
             return R.POSITIONS_UNAVAILABLE, set()
         if self.margin == "over":
             return R.MARGIN_CAP, set()
         entries = {r.new_symbol for r in self.in_flight()}
         if sym in self.targets() | entries:  # being rotated out, or in: wait
             return R.ROTATION_IN_PROGRESS, set()
-        if sym in self.positions or sym in self.reservations:
+        if sym in self.visible or sym in self.reservations:
             return R.SLOT_ALREADY_HELD, set()
-        if self.desired(sym) - len(self.charged()) > 0:
+        if self.desired(sym) - len(self.seen_by_core()) > 0:
             return R.SLOTS_AVAILABLE, set()
         excluded = {sym} | self.targets() | entries | set(self.reservations)
-        pool = sorted((pnl, s) for s, pnl in self.positions.items() if s not in excluded)
+        pool = sorted((pnl, s) for s, pnl in self.visible.items() if s not in excluded)
         if not pool:
             return R.NO_ROTATION_CANDIDATE, set()
         if len(self.in_flight()) >= self.rules.max_concurrent_rotations:
@@ -659,6 +715,7 @@ class BookModel(RuleBasedStateMachine):
         symbol = rot.close_symbol if rot else self.user_closes[close_id]
         if executed and reduce_only:
             self.positions.pop(symbol, None)  # the close really happened
+            self._moved()
         state = rot.state if rot else None
         late = rot.late if rot else False
         res = Result(plan_id=close_id, symbol=symbol, executed=executed, reduce_only=reduce_only)
@@ -690,6 +747,7 @@ class BookModel(RuleBasedStateMachine):
             executed = False  # its permit expired with the reservation: refused
         elif executed:
             self.positions.setdefault(symbol, 0.0)
+            self._moved()
         res = Result(plan_id=plan_id, symbol=symbol, executed=executed)
         item = ResultIn(self.entry_id(), res)
         self.results_fed.append(item)
@@ -700,11 +758,16 @@ class BookModel(RuleBasedStateMachine):
         if symbol in prepared[1]:
             return  # the TTL ended it first
         holders.remove(plan_id)
+        if executed:
+            self.filled[symbol] = self.now
         if holders:  # another entry still holds the slot
             assert symbol in self.reservations
             self.reservations[symbol] = (holders[0], self.reservations[symbol][1])
+        elif symbol in self.filled:
+            # Executed: counted until a snapshot as of after the result is decided on.
+            assert symbol in self.reservations
         else:
-            assert symbol not in self.reservations  # released by the result
+            assert symbol not in self.reservations  # nothing filled: released at once
             self.holders.pop(symbol, None)
 
     @rule(symbol=st.sampled_from(UNIVERSE), executed=st.booleans())
@@ -762,7 +825,7 @@ class BookModel(RuleBasedStateMachine):
     def _refused(self, item: Input, error: type[Exception] = IllegalTransition) -> None:
         """The core refuses an operator's input: it raises and emits nothing."""
         outputs = (len(self.book.decisions), len(self.book.events), len(self.book.close_plans))
-        self._expire()  # the batch ended expired reservations before refusing
+        self._expire(Market())  # the batch ended expired reservations before refusing
         with pytest.raises(error):
             self.book.feed([item], Market(), self.rules, self.now)
         assert outputs == (
@@ -797,17 +860,20 @@ class BookModel(RuleBasedStateMachine):
         until then, or the TTL, it keeps holding the slot)."""
         entry = self.entries.pop(data.draw(st.sampled_from(sorted(self.entries))))
         self.positions.setdefault(entry.symbol, pnl)
+        self._moved()
 
     @precondition(lambda self: self.positions)
     @rule(data=st.data())
     def position_closes_on_the_exchange(self, data: st.DataObject) -> None:
         """A stop-loss, a liquidation, a manual close: a position disappears."""
         self.positions.pop(data.draw(st.sampled_from(sorted(self.positions))))
+        self._moved()
 
     @precondition(lambda self: self.positions)
     @rule(data=st.data(), pnl=st.sampled_from(PNLS))
     def mark_moves(self, data: st.DataObject, pnl: float) -> None:
         self.positions[data.draw(st.sampled_from(sorted(self.positions)))] = pnl
+        self._moved()
 
     @rule(symbol=st.sampled_from(UNIVERSE), regime=st.sampled_from(REGIMES))
     def regime_changes(self, symbol: str, regime: Regime) -> None:
@@ -816,6 +882,11 @@ class BookModel(RuleBasedStateMachine):
     @rule(margin=st.sampled_from(["ok", "ok", "over", "missing"]))
     def account_changes(self, margin: str) -> None:
         self.margin = margin
+
+    @rule(lag_ms=st.sampled_from([0, 0, 300, 5_000]))
+    def exchange_view_lags(self, lag_ms: int) -> None:
+        """From now on the core decides on snapshots this old (a slow exchange)."""
+        self.lag_ms = lag_ms
 
     @rule()
     def exchange_goes_down_or_up(self) -> None:

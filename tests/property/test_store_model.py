@@ -524,7 +524,9 @@ class StoreModel(RuleBasedStateMachine):
         async def crash() -> list[Input]:
             await self._xadd(self.keys.plans, self._open_fields(plan_id, symbol, None))
             inputs = await self._read(0)
-            market = await fetch_market(self.exchange, needs_market(inputs, self.rules), self.rules)
+            market = await fetch_market(
+                self.exchange, needs_market(inputs, self.rules), self.rules, self.clock()
+            )
             view = await self.stores[0].load(inputs, market)
             effects = decide_batch(inputs, view, market, self.rules, self.now)
             assert effects  # decided, and dropped here

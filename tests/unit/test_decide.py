@@ -296,16 +296,78 @@ def test_an_entry_for_a_reserved_symbol_joins_the_reservation(book):
     assert (res.plan_id, res.holders) == ("p-1", 2)
 
 
-@pytest.mark.parametrize("executed", [False, True])
-def test_a_holders_result_executed_or_not_ends_its_hold(book, executed):
+def test_a_rejected_entrys_result_frees_its_share_at_once(book):
     send(book, plan("p-1"), market())
     send(book, plan("p-2"), market())
-    done = [ResultIn("2-0", result("p-1", executed=executed, reduce_only=False))]
+    done = [ResultIn("2-0", result("p-1", executed=False, reduce_only=False))]
     book.feed(done, market(), rules(), NOW_MS + 1)
     assert book.view.reservations["NEWUSDT"].holders == 1
-    done = [ResultIn("2-1", result("p-2", executed=executed, reduce_only=False))]
+    done = [ResultIn("2-1", result("p-2", executed=False, reduce_only=False))]
     book.feed(done, market(), rules(), NOW_MS + 2)
     assert book.view.reservations == {}
+
+
+def test_an_executed_entry_holds_its_slot_against_a_view_older_than_its_fill(book):
+    # CHOP 3 slots (no klines): two open, NEWUSDT allowed into the third.
+    send(book, plan("p-1", "NEWUSDT"), market(*book_of(2), as_of_ms=NOW_MS))
+    filled = [ResultIn("2-0", result("p-1", executed=True, reduce_only=False))]
+    book.feed(filled, market(), rules(), NOW_MS + 100)
+    res = book.view.reservations["NEWUSDT"]
+    assert (res.holders, res.filled_ms, res.settling) == (0, NOW_MS + 100, True)
+    # A second replica decides on a snapshot taken before the fill: NEWUSDT is not in
+    # it, yet its slot is taken (the race of two replicas and a slow exchange).
+    stale = market(*book_of(2), as_of_ms=NOW_MS + 50)
+    d = send(book, plan("p-2", "BNBUSDT"), stale, NOW_MS + 200)
+    assert d.reason != R.SLOTS_AVAILABLE and d.open_slots == 0
+
+
+def test_a_settling_reservation_ends_on_a_view_as_of_after_its_fill(book):
+    send(book, plan("p-1", "NEWUSDT"), market(as_of_ms=NOW_MS))
+    filled = [ResultIn("2-0", result("p-1", executed=True, reduce_only=False))]
+    book.feed(filled, market(), rules(), NOW_MS + 100)
+    skew = rules().clock_skew_ms
+    book.feed([], market(as_of_ms=NOW_MS + 99 + skew), rules(), NOW_MS + 1_000)
+    assert "NEWUSDT" in book.view.reservations  # within the clock skew: not yet proof
+    newer = market(position("NEWUSDT"), as_of_ms=NOW_MS + 100 + skew)
+    book.feed([], newer, rules(), NOW_MS + 1_000)
+    assert book.view.reservations == {}
+
+
+def test_a_pushed_open_position_settles_its_reservation(book):
+    send(book, plan("p-1", "NEWUSDT"), market(as_of_ms=NOW_MS))
+    filled = [ResultIn("2-0", result("p-1", executed=True, reduce_only=False))]
+    book.feed(filled, market(), rules(), NOW_MS + 100)
+    pushed = NOW_MS + 100 + rules().clock_skew_ms
+    other = market(as_of_ms=NOW_MS, seen_ms={"BTCUSDT": pushed})
+    book.feed([], other, rules(), NOW_MS + 1_000)
+    assert "NEWUSDT" in book.view.reservations  # news of another symbol proves nothing
+    own = market(position("NEWUSDT"), as_of_ms=NOW_MS, seen_ms={"NEWUSDT": pushed})
+    book.feed([], own, rules(), NOW_MS + 1_000)
+    assert book.view.reservations == {}
+
+
+def test_no_answer_from_the_exchange_settles_nothing(book):
+    send(book, plan("p-1", "NEWUSDT"), market(as_of_ms=NOW_MS))
+    filled = [ResultIn("2-0", result("p-1", executed=True, reduce_only=False))]
+    book.feed(filled, market(), rules(), NOW_MS + 100)
+    down = exchange_down()
+    down.as_of_ms = NOW_MS + 10_000
+    book.feed([], down, rules(), NOW_MS + 10_000)
+    assert book.view.reservations["NEWUSDT"].settling
+
+
+def test_an_entry_joining_a_settling_reservation_holds_it_again(book):
+    send(book, plan("p-1", "NEWUSDT"), market(as_of_ms=NOW_MS))
+    filled = [ResultIn("2-0", result("p-1", executed=True, reduce_only=False))]
+    book.feed(filled, market(), rules(), NOW_MS + 100)
+    d = send(book, plan("p-2", "NEWUSDT"), market(as_of_ms=NOW_MS + 50), NOW_MS + 200)
+    assert (d.decision, d.reason) == (R.ALLOW, R.SLOT_ALREADY_HELD)
+    res = book.view.reservations["NEWUSDT"]
+    assert (res.holders, res.filled_ms) == (1, NOW_MS + 100)
+    # Its own rejection leaves the earlier fill still to be seen.
+    rejected = [ResultIn("2-1", result("p-2", executed=False, reduce_only=False))]
+    book.feed(rejected, market(), rules(), NOW_MS + 300)
+    assert book.view.reservations["NEWUSDT"].settling
 
 
 def test_reservation_ends_after_its_ttl_not_when_the_position_shows(book):
@@ -336,7 +398,8 @@ def test_a_day_old_position_is_weaker_by_the_penalty():
 
 def test_threshold_keeps_a_stronger_entry(book):
     send(book, plan("p-0", "SOLUSDT", confidence=0.8), market(*book_of(2)))
-    full = market(*book_of(2), position("SOLUSDT", -0.9))  # SOL is now the weakest
+    # SOL is filled and now the weakest, in a view as of after its fill
+    full = market(*book_of(2), position("SOLUSDT", -0.9), as_of_ms=NOW_MS + 1_000)
     book.feed([ResultIn("1-1", result("p-0", reduce_only=False))], full, rules(), NOW_MS)
     weak = send(book, plan("p-1", "NEWUSDT", confidence=0.9), full, NOW_MS + 1)
     assert weak.reason == R.NO_ROTATION_CANDIDATE  # 0.9 < 1.15 × 0.8
@@ -408,3 +471,23 @@ def test_a_redelivered_result_gives_its_share_back_once(book):
     book.feed(done, market(), rules(), NOW_MS + 1)
     book.feed(done, market(), rules(), NOW_MS + 2)  # the same entry again
     assert book.view.reservations["NEWUSDT"].holders == 1
+
+
+def test_a_view_older_than_one_already_decided_on_is_refused(book):
+    # One replica decided on a view where ETHUSDT had closed, and gave its slot away;
+    # another still holds a view from before that close. Its add "into" ETHUSDT would
+    # reopen a slot that is no longer there, so it must not decide on that view.
+    btc, eth = book_of(2)
+    newer = market(btc, as_of_ms=NOW_MS + 500)
+    assert send(book, plan("p-1", "NEWUSDT"), newer).reason == R.SLOTS_AVAILABLE
+    assert book.view.view_as_of_ms == NOW_MS + 500
+    older = market(btc, eth, as_of_ms=NOW_MS + 100)
+    d = send(book, plan("p-2", eth.symbol), older, NOW_MS + 600)
+    assert (d.decision, d.reason) == (R.BLOCK, R.POSITIONS_UNAVAILABLE)
+
+
+def test_a_view_as_new_as_the_books_mark_is_used(book):
+    (btc,) = book_of(1)
+    send(book, plan("p-1", "NEWUSDT"), market(btc, as_of_ms=NOW_MS + 500))
+    d = send(book, plan("p-2", btc.symbol), market(btc, as_of_ms=NOW_MS + 500), NOW_MS + 600)
+    assert (d.decision, d.reason) == (R.ALLOW, R.SLOT_ALREADY_HELD)

@@ -176,7 +176,12 @@ async def test_a_burst_into_one_symbol_keeps_its_reservation_small(store):
         await decide_and_commit(store, [PlanIn(f"1-{i}", plan(f"p-{i}"))], market(), NOW_MS + i)
     r, k = store.redis, store.keys
     body = json.loads(await r.hget(k.reservations, "NEWUSDT"))
-    assert body == {"plan_id": "p-0", "until_ms": NOW_MS + 49 + 60_000, "holders": 50}
+    assert body == {
+        "plan_id": "p-0",
+        "until_ms": NOW_MS + 49 + 60_000,
+        "holders": 50,
+        "filled_ms": 0,
+    }
     hold = json.loads(await r.get(k.hold("p-49")))
     assert hold == {"symbol": "NEWUSDT", "made_by": "p-0"}
     assert 0 < await r.pttl(k.hold("p-49")) <= 60_000
