@@ -525,7 +525,7 @@ class StoreModel(RuleBasedStateMachine):
             await self._xadd(self.keys.plans, self._open_fields(plan_id, symbol, None))
             inputs = await self._read(0)
             market = await fetch_market(
-                self.exchange, needs_market(inputs, self.rules), self.rules, self.clock()
+                self.exchange, needs_market(inputs, self.rules), self.rules, self.now
             )
             view = await self.stores[0].load(inputs, market)
             effects = decide_batch(inputs, view, market, self.rules, self.now)
