@@ -12,8 +12,8 @@ from .settings import Rules, SettingError, Settings, load_settings
 #: the package's version, written here only (pyproject.toml reads it; CHANGELOG.md tells it)
 __version__ = "0.2.0"
 #: the version of the external contract (streams, keys, fields, reasons, settings,
-#: commands) this build speaks; it changes only with the contract document
-CONTRACT_VERSION = "1.1"
+#: commands) this build speaks; it changes only with docs/contract.md
+CONTRACT_VERSION = "1.2"
 
 __all__ = [
     "CONTRACT_VERSION",
