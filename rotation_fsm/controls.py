@@ -26,6 +26,7 @@ from .settings import (
     RULE_SPECS,
     SettingError,
     Settings,
+    duration,
     load_settings,
     rule_value_text,
     validate_rule,
@@ -34,6 +35,9 @@ from .settings_view import replica_settings, settings_text
 from .shortid import AmbiguousId, resolve_rotation_id
 from .store import AnyRedis, Store
 from .timeline import iso_ms, to_json
+
+# An extension counts from now; the same ceiling as every TTL setting.
+DEADLINE_FROM_NOW = duration(low=0.0)
 
 
 class Refused(Exception):
@@ -135,8 +139,8 @@ class Controls:
 
     async def extend(self, rotation_id: str, seconds: float, by: str) -> RotationRecord:
         """Give a rotation `seconds` from now (shorter or longer than before)."""
-        if not seconds >= 0:
-            raise Refused(f"seconds must be >= 0, got {seconds}")
+        if not DEADLINE_FROM_NOW.holds(seconds):
+            raise Refused(f"seconds={seconds!r}: expected {DEADLINE_FROM_NOW.expected}")
         rotation_id = await self._rotation_id(rotation_id)
         deadline = wall_ms() + int(seconds * 1000)
         return await self._apply(Extend(rotation_id, deadline, by), rotation_id)

@@ -47,39 +47,73 @@ def parse_bool(text: str, *, strip: bool = True) -> bool:
     raise ValueError("true or false")
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text.strip())
-    if value < 0:
-        raise ValueError
-    return value
+# Ranges every numeric setting must fall in, whatever its source (environment,
+# `rotation-fsm set`, `PUT /api/settings/…`, the live settings hash): a value outside
+# them would pass Python and then fail in Redis (PEXPIRE and MAXLEN take signed
+# 64-bit integers of milliseconds) or overflow a float-to-int conversion mid-commit.
+DAY_S = 86_400
+MAX_TTL_S = 7 * DAY_S  # a lock, reservation or rotation deadline longer than a week is a typo
+MAX_RETENTION_S = 366 * DAY_S
+MIN_TTL_S = 0.001  # Redis expiries are whole milliseconds: anything shorter is 0, refused
+MAX_COUNT = 1_000_000_000  # stream lengths and the like
+MAX_SLOTS = 1_000
+MAX_SAFE_INT = 2**53  # the largest integer every JSON reader and a float carry exactly
 
 
-def _positive_int(text: str) -> int:
-    value = int(text.strip())
-    if value < 1:
-        raise ValueError
-    return value
+@dataclass(frozen=True)
+class Number:
+    """A numeric setting's type and inclusive range, checked in this one place."""
+
+    whole: bool
+    low: float
+    high: float
+    unit: str = ""
+    low_open: bool = False  # `low` itself excluded (a positive ratio)
+
+    def parse(self, text: str) -> Any:
+        """The value of `text`, or ValueError when it is not a number in range."""
+        value: float = int(text.strip()) if self.whole else float(text.strip())
+        if not self.holds(value):
+            raise ValueError(text)
+        return value
+
+    def holds(self, value: float) -> bool:
+        """`value` is finite and inside the range."""
+        # Compared before `isfinite`: a huge int does not even convert to a float.
+        if not value <= self.high or not math.isfinite(value):
+            return False
+        return value > self.low if self.low_open else value >= self.low
+
+    @property
+    def expected(self) -> str:
+        """What a refusal says is expected, e.g. `seconds from 0.001 to 604800`."""
+        kind = self.unit or ("a whole number" if self.whole else "a number")
+        if self.low_open:
+            return f"{kind} above {_plain(self.low)} and at most {_plain(self.high)}"
+        return f"{kind} from {_plain(self.low)} to {_plain(self.high)}"
 
 
-def _positive_float(text: str) -> float:
-    value = float(text.strip())
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError
-    return value
+def _plain(bound: float) -> str:
+    """A range bound as people write it: 604800, 1000000000, 0.001 (no exponent)."""
+    return str(int(bound)) if float(bound).is_integer() else repr(bound)
 
 
-def _non_negative_float(text: str) -> float:
-    value = float(text.strip())
-    if not math.isfinite(value) or value < 0:
-        raise ValueError
-    return value
+def count(high: float = MAX_COUNT, low: float = 0, unit: str = "") -> Number:
+    """A whole number from `low` to `high`."""
+    return Number(True, low, high, unit or "a whole number")
 
 
-def _port(text: str) -> int:
-    value = int(text.strip())
-    if not 0 <= value <= 65535:
-        raise ValueError
-    return value
+def duration(high: float = MAX_TTL_S, low: float = MIN_TTL_S) -> Number:
+    """A duration in seconds, at least one millisecond."""
+    return Number(False, low, high, "seconds")
+
+
+def ratio(high: float) -> Number:
+    """A number above 0 and at most `high`."""
+    return Number(False, 0.0, high, "a number", low_open=True)
+
+
+PORT = count(65_535, unit="a TCP port")
 
 
 def _text(text: str) -> str:
@@ -102,28 +136,34 @@ class _Spec:
     expected: str
 
 
+def _numeric(attr: str, default: str, number: Number) -> _Spec:
+    return _Spec(attr, default, number.parse, number.expected)
+
+
+def _flag(attr: str, default: str) -> _Spec:
+    return _Spec(attr, default, parse_bool, "true or false")
+
+
 # The live-changeable rules, named by their environment variable (contract §1, §7).
 RULE_SPECS: dict[str, _Spec] = {
-    "GOV_ACTIVE_SLOTS_ENABLED": _Spec("slots_enabled", "true", parse_bool, "true or false"),
-    "GOV_ACTIVE_SLOTS_BASE": _Spec("slots_base", "4", _non_negative_int, "a whole number >= 0"),
-    "GOV_ACTIVE_SLOTS_TREND_STRONG": _Spec(
-        "slots_trend_strong", "6", _non_negative_int, "a whole number >= 0"
+    "GOV_ACTIVE_SLOTS_ENABLED": _flag("slots_enabled", "true"),
+    "GOV_ACTIVE_SLOTS_BASE": _numeric("slots_base", "4", count(MAX_SLOTS)),
+    "GOV_ACTIVE_SLOTS_TREND_STRONG": _numeric("slots_trend_strong", "6", count(MAX_SLOTS)),
+    "GOV_ACTIVE_SLOTS_CHOP": _numeric("slots_chop", "3", count(MAX_SLOTS)),
+    "GOV_ROTATION_LOCK_TTL": _numeric("lock_ttl_s", "120", duration()),
+    "GOV_ROTATION_THRESHOLD": _numeric(
+        "rotation_threshold", "0.15", Number(False, 0.0, 100.0, "a number")
     ),
-    "GOV_ACTIVE_SLOTS_CHOP": _Spec("slots_chop", "3", _non_negative_int, "a whole number >= 0"),
-    "GOV_ROTATION_LOCK_TTL": _Spec("lock_ttl_s", "120", _positive_float, "seconds > 0"),
-    "GOV_ROTATION_THRESHOLD": _Spec(
-        "rotation_threshold", "0.15", _non_negative_float, "a number >= 0"
+    "GOV_MAX_CORRELATION": _numeric("max_correlation", "0.80", ratio(100.0)),
+    "GOV_MAX_MARGIN_USAGE_PCT": _numeric("max_margin_usage", "0.65", ratio(100.0)),
+    "GOV_MAX_CONCURRENT_ROTATIONS": _numeric(
+        "max_concurrent_rotations", "1", count(MAX_SLOTS, low=1)
     ),
-    "GOV_MAX_CORRELATION": _Spec("max_correlation", "0.80", _positive_float, "a number > 0"),
-    "GOV_MAX_MARGIN_USAGE_PCT": _Spec("max_margin_usage", "0.65", _positive_float, "a number > 0"),
-    "GOV_MAX_CONCURRENT_ROTATIONS": _Spec(
-        "max_concurrent_rotations", "1", _positive_int, "a whole number >= 1"
-    ),
-    "GOV_ISSUE_PERMITS": _Spec("issue_permits", "true", parse_bool, "true or false"),
-    "GOV_RESERVATION_TTL": _Spec("reservation_ttl_s", "60", _positive_float, "seconds > 0"),
-    "GOV_ENTRIES_PAUSED": _Spec("entries_paused", "false", parse_bool, "true or false"),
-    "GOV_CLOCK_SKEW_MS": _Spec(
-        "clock_skew_ms", "250", _non_negative_int, "milliseconds, a whole number >= 0"
+    "GOV_ISSUE_PERMITS": _flag("issue_permits", "true"),
+    "GOV_RESERVATION_TTL": _numeric("reservation_ttl_s", "60", duration()),
+    "GOV_ENTRIES_PAUSED": _flag("entries_paused", "false"),
+    "GOV_CLOCK_SKEW_MS": _numeric(
+        "clock_skew_ms", "250", count(3_600_000, unit="milliseconds, a whole number")
     ),
 }
 
@@ -335,8 +375,8 @@ def _redis_url(env: Mapping[str, str]) -> str:
     if env.get("REDIS_URL"):
         return env["REDIS_URL"]
     host = env.get("REDIS_HOST", "localhost")
-    port = _read(env, "REDIS_PORT", _Spec("", "6379", _port, "a TCP port"))
-    db = _read(env, "REDIS_DB", _Spec("", "0", _non_negative_int, "a database number"))
+    port = _number(env, "REDIS_PORT", "6379", PORT)
+    db = _number(env, "REDIS_DB", "0", count(MAX_SAFE_INT, unit="a database number"))
     return f"redis://{host}:{port}/{db}"
 
 
@@ -345,6 +385,10 @@ def _simple(
 ) -> T:
     value: T = _read(env, name, _Spec("", default, parse, expected))
     return value
+
+
+def _number(env: Mapping[str, str], name: str, default: str, number: Number) -> Any:
+    return _simple(env, name, default, number.parse, number.expected)
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -374,13 +418,16 @@ def _load(env: Mapping[str, str]) -> Settings:
         consumer_name=env.get("GOV_CONSUMER_NAME") or f"{socket.gethostname()}-{os.getpid()}",
         books=_books(env),
         http_host=env.get("GOV_HTTP_HOST") or "127.0.0.1",
-        metrics_port=_simple(env, "METRICS_PORT", "8044", _port, "a TCP port (0-65535)"),
+        metrics_port=_number(env, "METRICS_PORT", "8044", PORT),
         http_token=env.get("GOV_HTTP_TOKEN") or "",
-        audit_maxlen=_simple(env, "GOV_AUDIT_MAXLEN", "100000", _positive_int, "a count >= 1"),
-        claim_idle_ms=_simple(
-            env, "GOV_CLAIM_IDLE_MS", "10000", _positive_int, "milliseconds >= 1"
+        audit_maxlen=_number(env, "GOV_AUDIT_MAXLEN", "100000", count(low=1)),
+        claim_idle_ms=_number(
+            env,
+            "GOV_CLAIM_IDLE_MS",
+            "10000",
+            count(MAX_TTL_S * 1000, low=1, unit="milliseconds"),
         ),
-        retention_s=_simple(env, "GOV_RETENTION_S", "604800", _positive_float, "seconds > 0"),
-        heartbeat_s=_simple(env, "GOV_HEARTBEAT_S", "5", _positive_float, "seconds > 0"),
+        retention_s=_number(env, "GOV_RETENTION_S", "604800", duration(MAX_RETENTION_S, low=1)),
+        heartbeat_s=_number(env, "GOV_HEARTBEAT_S", "5", duration(DAY_S, low=0.1)),
         env_rule_names=frozenset(name for name in RULE_SPECS if name in env),
     )

@@ -1,8 +1,18 @@
 """Configuration: defaults per contract, a bad value names its variable."""
 
+import re
+
 import pytest
 
-from rotation_fsm.settings import SettingError, load_settings, rules_from
+from rotation_fsm.settings import (
+    RULE_SPECS,
+    SettingError,
+    load_settings,
+    overlay,
+    parse_bool,
+    rules_from,
+    validate_rule,
+)
 
 
 def test_defaults_match_the_contract():
@@ -61,3 +71,54 @@ def test_rules_from_overrides_keep_the_rest():
 def test_gates_of_one_or_more_are_off():
     r = rules_from({"GOV_MAX_CORRELATION": "1", "GOV_MAX_MARGIN_USAGE_PCT": "1.5"})
     assert not r.correlation_gate_on and not r.margin_gate_on
+
+
+# Values that parse as numbers but that Redis or Python cannot carry: each must be
+# refused where it enters, never reach a commit.
+OUT_OF_RANGE = [
+    ("GOV_RESERVATION_TTL", "1e17"),
+    ("GOV_RESERVATION_TTL", "1e306"),
+    ("GOV_RETENTION_S", "1e306"),
+    ("GOV_RETENTION_S", "99999999999999999999999"),
+    ("GOV_AUDIT_MAXLEN", "99999999999999999999999"),
+    ("GOV_CLAIM_IDLE_MS", "99999999999999999999999"),
+    ("GOV_ROTATION_LOCK_TTL", "1e306"),
+    ("GOV_ROTATION_LOCK_TTL", "0.0000001"),
+    ("GOV_ACTIVE_SLOTS_BASE", "99999999999999999999999"),
+    ("GOV_MAX_CONCURRENT_ROTATIONS", "1" + "0" * 5000),
+    ("REDIS_DB", "99999999999999999999"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), OUT_OF_RANGE)
+def test_an_out_of_range_number_in_the_environment_is_refused(name, value):
+    with pytest.raises(SettingError) as err:
+        load_settings({name: value})
+    assert err.value.name == name and re.search(r" (to|at most) \d", str(err.value))
+
+
+@pytest.mark.parametrize(("name", "value"), [(n, v) for n, v in OUT_OF_RANGE if n in RULE_SPECS])
+def test_an_out_of_range_live_value_is_refused_by_set_and_http(name, value):
+    # `rotation-fsm set` and `PUT /api/settings/…` both store through validate_rule.
+    with pytest.raises(SettingError, match=name):
+        validate_rule(name, value)
+
+
+def test_an_out_of_range_value_in_the_settings_hash_keeps_the_last_good_one():
+    last = rules_from({"GOV_ROTATION_LOCK_TTL": "30"})
+    rules, errors = overlay(rules_from({}), {"GOV_ROTATION_LOCK_TTL": "1e306"}, last)
+    assert rules.lock_ttl_s == 30.0
+    assert [e.name for e in errors] == ["GOV_ROTATION_LOCK_TTL"]
+
+
+def test_every_numeric_rule_says_its_range_when_refused():
+    for name, spec in RULE_SPECS.items():
+        if spec.parse is parse_bool:
+            continue
+        with pytest.raises(SettingError, match=r" (to|at most) \d"):
+            validate_rule(name, "1e300")
+
+
+def test_the_largest_value_in_range_is_accepted():
+    s = load_settings({"GOV_RESERVATION_TTL": "604800", "GOV_AUDIT_MAXLEN": "1000000000"})
+    assert s.rules.reservation_ttl_s == 604800 and s.audit_maxlen == 1_000_000_000
