@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 import textwrap
@@ -18,15 +17,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from . import CONTRACT_VERSION, __version__
-
-
-def setup_logging(verbose: bool = False) -> None:
-    """One line per record on stderr."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+from .logs import LOG_FORMATS
 
 
 def version_line() -> str:
@@ -220,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=10.0,
         help="length of the random run (default: %(default)s)",
+    )
+    p["run"].add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=None,
+        help="text, or json (one object per line); default: GOV_LOG_FORMAT, else text",
     )
     _redis(p["demo"])
     _redis(p["stack"])

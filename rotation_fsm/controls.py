@@ -19,6 +19,7 @@ from .audit import SettingChange, setting_entry
 from .decide import Abort, Extend, UnknownRotation
 from .engine import BookEngine, wall_ms
 from .keys import Keys
+from .logs import mask_credentials
 from .machine import IllegalTransition
 from .market import Account, Kline, Position
 from .messages import RotationRecord
@@ -186,9 +187,8 @@ def _settings_for(args: Any) -> Settings:
 
 def target(settings: Settings) -> str:
     """Which Redis (credentials masked) and which book a command acts on."""
-    from .service import safe_url
 
-    return f"redis {safe_url(settings.redis_url)}, book {settings.book or '(default)'}"
+    return f"redis {mask_credentials(settings.redis_url)}, book {settings.book or '(default)'}"
 
 
 async def _act(controls: Controls, args: Any) -> str:

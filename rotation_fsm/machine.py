@@ -7,6 +7,7 @@ the check the commit makes against the persisted state, and the diagrams in
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
@@ -97,6 +98,10 @@ class Guards:
     def not_yet_late_confirmed(self) -> bool:
         return not self.late_confirmed
 
+
+# transitions logs every state change at INFO (4-6 lines per rotation); the engine
+# writes its own line per commit, so the library speaks only of problems.
+logging.getLogger("transitions").setLevel(logging.WARNING)
 
 MACHINE = Machine(
     model=None,

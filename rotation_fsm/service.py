@@ -36,6 +36,7 @@ from .heartbeat import Publisher
 from .http import Health, make_app
 from .keys import Keys
 from .listener import Listener
+from .logs import SECRETS, mask_credentials, setup_logging
 from .metrics import Metrics
 from .settings import Book, Settings
 from .store import AnyRedis, Store
@@ -252,7 +253,7 @@ async def run_engine(
     log.info(
         "rotation-fsm running: books=%s redis=%s%s http=%s:%d consumer=%s/%s",
         ",".join(repr(b) for b in books),
-        safe_url(settings.redis_url),
+        mask_credentials(settings.redis_url),
         " (cluster)" if settings.redis_cluster else "",
         settings.http_host,
         port,
@@ -288,14 +289,6 @@ def _mark_up(health: Health, metrics: Metrics) -> None:
         metrics.redis_up.set(1)
 
 
-def safe_url(url: str) -> str:
-    """The Redis URL without its password, for logs and the CLI's target line."""
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
-
-
 def _install_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -307,7 +300,6 @@ def command(args: Any) -> int:
     """`rotation-fsm run`: settings from the environment; a bad one exits 2 in one line."""
     import sys
 
-    from .cli import setup_logging
     from .settings import SettingError, load_settings
 
     try:
@@ -315,7 +307,10 @@ def command(args: Any) -> int:
     except SettingError as exc:
         print(f"rotation-fsm: bad setting: {exc}", file=sys.stderr)
         return 2
-    setup_logging(getattr(args, "verbose", False))
+    SECRETS.add(settings.secrets())
+    setup_logging(
+        getattr(args, "verbose", False), getattr(args, "log_format", None) or settings.log_format
+    )
     try:
         return asyncio.run(run_engine(settings))
     except KeyboardInterrupt:

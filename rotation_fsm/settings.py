@@ -15,6 +15,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
@@ -118,6 +119,13 @@ PORT = count(65_535, unit="a TCP port")
 
 def _text(text: str) -> str:
     return text
+
+
+def _log_format(text: str) -> str:
+    word = text.strip().lower()
+    if word not in ("text", "json"):
+        raise ValueError(text)
+    return word
 
 
 def _book(text: str) -> str:
@@ -345,6 +353,7 @@ class Settings:
     heartbeat_s: float = 5.0
     #: the rule variables the environment set (the rest are defaults)
     env_rule_names: frozenset[str] = frozenset()
+    log_format: str = "text"
 
     def __repr__(self) -> str:
         # Secrets never reach a log line, even through a debug repr.
@@ -352,6 +361,17 @@ class Settings:
             f.name: getattr(self, f.name) for f in fields(self) if f.name not in {"http_token"}
         }
         return f"Settings({shown}, secrets=hidden)"
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret this configuration holds, for the log to mask wherever it shows."""
+        books = [s for b in self.books for s in (b.api_key, b.api_secret)]
+        try:
+            url = urlsplit(self.redis_url)
+            query = [v for k, v in parse_qsl(url.query) if k.lower() in ("password", "pass")]
+            redis = [url.password or "", *query]
+        except ValueError:  # not a URL: connecting will say so, naming REDIS_URL
+            redis = []
+        return tuple(s for s in (*books, self.http_token, *redis) if s)
 
     @property
     def book(self) -> str:
@@ -430,4 +450,5 @@ def _load(env: Mapping[str, str]) -> Settings:
         retention_s=_number(env, "GOV_RETENTION_S", "604800", duration(MAX_RETENTION_S, low=1)),
         heartbeat_s=_number(env, "GOV_HEARTBEAT_S", "5", duration(DAY_S, low=0.1)),
         env_rule_names=frozenset(name for name in RULE_SPECS if name in env),
+        log_format=_simple(env, "GOV_LOG_FORMAT", "text", _log_format, "text or json"),
     )
