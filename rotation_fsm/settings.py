@@ -57,7 +57,7 @@ MAX_TTL_S = 7 * DAY_S  # a lock, reservation or rotation deadline longer than a 
 MAX_RETENTION_S = 366 * DAY_S
 MIN_TTL_S = 0.001  # Redis expiries are whole milliseconds: anything shorter is 0, refused
 MAX_COUNT = 1_000_000_000  # stream lengths and the like
-MAX_SLOTS = 1_000
+MAX_SLOTS = 1_000_000  # benchmarks use a million as "no cap"
 MAX_SAFE_INT = 2**53  # the largest integer every JSON reader and a float carry exactly
 
 
