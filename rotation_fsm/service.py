@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import random
 import signal
+import socket
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,7 +26,13 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import (
+    AuthenticationError,
+    ClusterError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -38,7 +46,7 @@ from .keys import Keys
 from .listener import Listener
 from .logs import SECRETS, mask_credentials, setup_logging
 from .metrics import Metrics
-from .settings import Book, Settings
+from .settings import Book, SettingError, Settings
 from .store import AnyRedis, Store
 from .timer import Timer
 
@@ -237,33 +245,34 @@ async def run_engine(
     books = {b.name: _book_run(settings, b, redis, reader) for b in settings.books}
     metrics = Metrics()
     health = Health(stores={name: run.engine.store for name, run in books.items()})
-    controls = {}
-    for name, run in books.items():
-        await run.exchange.start()
-        run.engine.tally_observers.append(metrics.observe)
-        run.engine.conflict_hooks.append(metrics.conflicts.inc)
-        controls[name] = Controls(redis, run.engine.store.keys, settings)
-    app = make_app(health, metrics, controls=controls, token=settings.http_token)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, settings.http_host, settings.metrics_port).start()
-    port = runner.addresses[0][1] if runner.addresses else settings.metrics_port
-    running = Running(books, health, metrics, stop, port)
-    _install_signals(stop)
-    log.info(
-        "rotation-fsm running: books=%s redis=%s%s http=%s:%d consumer=%s/%s",
-        ",".join(repr(b) for b in books),
-        mask_credentials(settings.redis_url),
-        " (cluster)" if settings.redis_cluster else "",
-        settings.http_host,
-        port,
-        settings.consumer_group,
-        settings.consumer_name,
-    )
-    if started:
-        started(running)
-    ready: set[str] = set()
-    try:
+    runner: web.AppRunner | None = None
+    try:  # whatever fails from here on, nothing opened is left open
+        await refuse_unusable_redis(redis, settings.redis_url)
+        controls = {}
+        for name, run in books.items():
+            await run.exchange.start()
+            run.engine.tally_observers.append(metrics.observe)
+            run.engine.conflict_hooks.append(metrics.conflicts.inc)
+            controls[name] = Controls(redis, run.engine.store.keys, settings)
+        app = make_app(health, metrics, controls=controls, token=settings.http_token)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        port = await _listen(runner, settings.http_host, settings.metrics_port)
+        running = Running(books, health, metrics, stop, port)
+        _install_signals(stop)
+        log.info(
+            "rotation-fsm running: books=%s redis=%s%s http=%s:%d consumer=%s/%s",
+            ",".join(repr(b) for b in books),
+            mask_credentials(settings.redis_url),
+            " (cluster)" if settings.redis_cluster else "",
+            settings.http_host,
+            port,
+            settings.consumer_group,
+            settings.consumer_name,
+        )
+        if started:
+            started(running)
+        ready: set[str] = set()
         await asyncio.gather(
             *(loop for run in books.values() for loop in _loops(run, running, ready, len(books)))
         )
@@ -271,15 +280,49 @@ async def run_engine(
         for run in books.values():
             with contextlib.suppress(*REDIS_DOWN):  # its entries stay pending: redelivered
                 await run.engine.flush()  # the last pipelined commit
-            with contextlib.suppress(*REDIS_DOWN):  # unreachable: the record expires instead
-                await run.heartbeat.withdraw()
-        await runner.cleanup()
+            if runner is not None:  # it started: its record is taken back
+                with contextlib.suppress(*REDIS_DOWN):  # unreachable: the record expires
+                    await run.heartbeat.withdraw()
+        if runner is not None:
+            await runner.cleanup()
         for run in books.values():
             await run.exchange.close()
         await redis.aclose()
         await reader.aclose()
     log.info("rotation-fsm stopped")
     return 0
+
+
+async def refuse_unusable_redis(redis: AnyRedis, url: str) -> None:
+    """SettingError naming REDIS_URL when Redis answers but refuses us (a database
+    index out of range, a wrong password): waiting would never help. A Redis that
+    does not answer yet is waited for like any outage."""
+    try:
+        await redis.ping()
+    except (AuthenticationError, ResponseError) as exc:
+        raise SettingError(
+            "REDIS_URL", mask_credentials(url), f"a Redis that accepts it (it said: {exc})"
+        ) from None
+    except Exception as exc:
+        if not is_redis_down(exc):
+            raise
+
+
+async def _listen(runner: web.AppRunner, host: str, port: int) -> int:
+    """Bind the HTTP server; returns its port. SettingError naming GOV_HTTP_HOST (no
+    such address here) or METRICS_PORT (taken, or not ours to take) if it cannot."""
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        cause = exc.strerror or str(exc)
+        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+            raise SettingError(
+                "GOV_HTTP_HOST", host, f"an address of this host ({cause})"
+            ) from None
+        raise SettingError(
+            "METRICS_PORT", str(port), f"a free TCP port on {host} ({cause})"
+        ) from None
+    return int(runner.addresses[0][1]) if runner.addresses else port
 
 
 def _mark_up(health: Health, metrics: Metrics) -> None:
@@ -300,7 +343,7 @@ def command(args: Any) -> int:
     """`rotation-fsm run`: settings from the environment; a bad one exits 2 in one line."""
     import sys
 
-    from .settings import SettingError, load_settings
+    from .settings import load_settings
 
     try:
         settings = load_settings()
@@ -315,3 +358,6 @@ def command(args: Any) -> int:
         return asyncio.run(run_engine(settings))
     except KeyboardInterrupt:
         return 0
+    except SettingError as exc:  # found only when Redis or the network was asked
+        print(f"rotation-fsm: bad setting: {exc}", file=sys.stderr)
+        return 2

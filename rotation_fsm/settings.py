@@ -9,6 +9,7 @@ a default.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import socket
@@ -18,6 +19,9 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
+from redis.connection import parse_url
+
+from .logs import mask_credentials
 
 T = TypeVar("T")
 
@@ -58,6 +62,7 @@ MAX_RETENTION_S = 366 * DAY_S
 MIN_TTL_S = 0.001  # Redis expiries are whole milliseconds: anything shorter is 0, refused
 MAX_COUNT = 1_000_000_000  # stream lengths and the like
 MAX_SLOTS = 1_000_000  # benchmarks use a million as "no cap"
+LOOPBACK = "127.0.0.1"  # the HTTP server's default bind: nothing outside this host
 MAX_SAFE_INT = 2**53  # the largest integer every JSON reader and a float carry exactly
 
 
@@ -393,11 +398,34 @@ class Settings:
 
 def _redis_url(env: Mapping[str, str]) -> str:
     if env.get("REDIS_URL"):
-        return env["REDIS_URL"]
+        return _checked_redis_url(env["REDIS_URL"])
     host = env.get("REDIS_HOST", "localhost")
     port = _number(env, "REDIS_PORT", "6379", PORT)
     db = _number(env, "REDIS_DB", "0", count(MAX_SAFE_INT, unit="a database number"))
     return f"redis://{host}:{port}/{db}"
+
+
+def _checked_redis_url(url: str) -> str:
+    """`url` if redis-py can connect with it; SettingError naming REDIS_URL (its
+    password masked) if not."""
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+        path = urlsplit(url).path.strip("/")
+        if not url.startswith("unix:") and path and not path.isdigit():
+            raise ValueError(f"database {path!r} is not a number")
+    except ValueError as exc:
+        raise SettingError(
+            "REDIS_URL", mask_credentials(url), f"redis://, rediss:// or unix:// URL ({exc})"
+        ) from None
+    return url
+
+
+def _http_host(text: str) -> str:
+    # A name is resolved when the server binds; only a dotted quad can be judged here.
+    host = text.strip() or LOOPBACK
+    if host.replace(".", "").isdigit():
+        ipaddress.ip_address(host)
+    return host
 
 
 def _simple(
@@ -437,7 +465,7 @@ def _load(env: Mapping[str, str]) -> Settings:
         consumer_group=env.get("GOV_CONSUMER_GROUP") or "rotation-fsm",
         consumer_name=env.get("GOV_CONSUMER_NAME") or f"{socket.gethostname()}-{os.getpid()}",
         books=_books(env),
-        http_host=env.get("GOV_HTTP_HOST") or "127.0.0.1",
+        http_host=_simple(env, "GOV_HTTP_HOST", LOOPBACK, _http_host, "an IP address or host name"),
         metrics_port=_number(env, "METRICS_PORT", "8044", PORT),
         http_token=env.get("GOV_HTTP_TOKEN") or "",
         audit_maxlen=_number(env, "GOV_AUDIT_MAXLEN", "100000", count(low=1)),
