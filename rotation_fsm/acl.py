@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Any
 
+from .settings import load_settings
+
 ENGINE_COMMANDS = (
     # streams: consume, claim, emit, acknowledge
     "xreadgroup",
@@ -80,7 +82,13 @@ def setuser_args(user: str, password: str, books: tuple[str, ...] = ("",)) -> li
 def setuser_line(
     user: str = "rotation-fsm", password: str = "CHANGE-ME", books: tuple[str, ...] = ("",)
 ) -> str:
-    """The one-line `redis-cli ACL SETUSER …` command to run as an admin."""
+    """The one-line `redis-cli ACL SETUSER …` command to run as an admin.
+
+    ValueError when the user or password holds what redis-cli would split or unquote
+    (blanks, quotes, backslashes, control characters)."""
+    for what, word in (("user name", user), ("password", password)):
+        if not word or any(ch.isspace() or ch in "\"'\\" or not ch.isprintable() for ch in word):
+            raise ValueError(f"{what} must be non-empty, without blanks, quotes or backslashes")
     return "ACL SETUSER " + " ".join(setuser_args(user, password, books))
 
 
@@ -121,14 +129,19 @@ def _read(path: str) -> str:
         return handle.read()
 
 
+def parse_books(text: str) -> tuple[str, ...]:
+    """`--books a,b` read exactly as the engine reads GOV_BOOKS (SettingError if it
+    would refuse them); empty: the bare names."""
+    return tuple(book.name for book in load_settings({"GOV_BOOKS": text}).books)
+
+
 def command(args: Any) -> int:
     """`rotation-fsm acl [--user U] [--password-file F | --password-env V] [--books a,b]`:
-    print the line; 2 when no password could be read."""
-    books = tuple(b.strip() for b in args.books.split(",") if b.strip()) or ("",)
+    print the line; 2 with one line when no password could be read, or a value would
+    give a rule Redis reads otherwise."""
     try:
-        password = read_password(args)
-    except NoPassword as exc:
+        print(setuser_line(args.user, read_password(args), parse_books(args.books)))
+    except (NoPassword, ValueError) as exc:
         print(f"rotation-fsm acl: {exc}", file=sys.stderr)
         return 2
-    print(setuser_line(args.user, password, books))
     return 0

@@ -15,11 +15,13 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from .audit import SettingChange, setting_entry
 from .decide import Abort, Extend, UnknownRotation
 from .engine import BookEngine, wall_ms
 from .keys import Keys
-from .logs import mask_credentials
+from .logs import clean, mask_credentials
 from .machine import IllegalTransition
 from .market import Account, Kline, Position
 from .messages import RotationRecord
@@ -241,5 +243,8 @@ def command(args: Any) -> int:
         print(asyncio.run(_run(args)))
     except (Refused, SettingError) as exc:
         print(f"rotation-fsm {args.command}: refused: {exc}", file=sys.stderr)
+        return 1
+    except (RedisError, OSError) as exc:  # nothing was changed: say where it failed
+        print(f"rotation-fsm {args.command}: Redis unavailable: {clean(str(exc))}", file=sys.stderr)
         return 1
     return 0

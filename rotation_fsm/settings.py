@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
-from redis.connection import parse_url
 
 from .logs import mask_credentials
 
@@ -133,8 +132,9 @@ def _log_format(text: str) -> str:
     return word
 
 
-def _book(text: str) -> str:
-    # A book name becomes a Redis Cluster hash tag: braces would break the tag.
+def book_name(text: str) -> str:
+    """`text` as a book name, or ValueError: it becomes a Redis Cluster hash tag, so
+    braces, commas and blanks would break the tag or the list it is written in."""
     name = text.strip()
     if any(ch in name for ch in "{}, \t"):
         raise ValueError
@@ -312,10 +312,10 @@ def _book_suffix(name: str) -> str:
 def _books(env: Mapping[str, str]) -> tuple[Book, ...]:
     expected = "names without braces or spaces, comma-separated"
     raw = env.get("GOV_BOOKS", "").strip()
-    names = [_simple(env, "GOV_BOOK", "", _book, expected)]
+    names = [_simple(env, "GOV_BOOK", "", book_name, expected)]
     if raw:
         try:
-            names = [_book(n) for n in raw.split(",")]
+            names = [book_name(n) for n in raw.split(",")]
         except ValueError:
             raise SettingError("GOV_BOOKS", raw, expected) from None
         if any(not n for n in names) or len(set(names)) != len(names):
@@ -408,6 +408,8 @@ def _redis_url(env: Mapping[str, str]) -> str:
 def _checked_redis_url(url: str) -> str:
     """`url` if redis-py can connect with it; SettingError naming REDIS_URL (its
     password masked) if not."""
+    from redis.connection import parse_url  # here: `rotation-fsm diagram` needs no redis
+
     try:
         parse_url(url)  # type: ignore[no-untyped-call]
         path = urlsplit(url).path.strip("/")
