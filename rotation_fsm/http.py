@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import ipaddress
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,10 +16,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .book_gauges import read_book_gauges
-from .controls import Controls, Refused
+from .controls import DEADLINE_FROM_NOW, Controls, Refused
 from .machine import IN_FLIGHT
 from .metrics import Metrics
-from .settings import SettingError
+from .settings import Number, SettingError, count
 from .store import Store
 from .web.routes import add_console_routes
 
@@ -37,10 +38,47 @@ class Health:
         return self.redis_ok and self.groups_ok
 
 
+# Probes and scrapers reach the engine by a service name (compose, Kubernetes): these
+# answer whatever the Host. Everything else reads the book, so it is served only to a
+# Host naming this server: a page of another site whose name was rebound to our
+# address (DNS rebinding) sends its own name and is refused.
+ANY_HOST_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def host_allowed(host_header: str, names: frozenset[str]) -> bool:
+    """The Host header names this server: one of `names` (lower case), or an IP
+    address literal (an address cannot be rebound to another server)."""
+    host = host_header.strip().lower()
+    if host.startswith("["):  # [::1]:8044
+        host = host[1 : host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    host = host.rstrip(".")
+    if host in names:
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@web.middleware
+async def check_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse (421) a request whose Host is not this server's, except on probe paths."""
+    if request.path in ANY_HOST_PATHS or host_allowed(request.host, request.app[HOSTS]):
+        return await handler(request)
+    raise web.HTTPMisdirectedRequest(
+        text=f"Host {request.host!r} is not served here: add the name to GOV_HTTP_ALLOWED_HOSTS"
+    )
+
+
 HEALTH = web.AppKey("health", Health)
 METRICS = web.AppKey("metrics", Metrics)
 CONTROLS = web.AppKey("controls", dict[str, Controls])
 TOKEN = web.AppKey("token", str)
+HOSTS = web.AppKey("hosts", frozenset[str])
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -69,10 +107,31 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
+ROTATIONS_LIMIT = count(500, low=1)
+EXTEND_BODY = '{"seconds": <number>} (a JSON object)'
+
+
+def bad_request(message: str) -> web.HTTPBadRequest:
+    """A 400 whose JSON body says what was wrong with the request."""
+    return web.HTTPBadRequest(
+        text=msgspec.json.encode({"ok": False, "error": message}).decode(),
+        content_type="application/json",
+    )
+
+
+def query_number(request: web.Request, name: str, default: str, number: Number) -> Any:
+    """Query parameter `name` checked against `number`'s range; 400 naming it if not."""
+    text = request.query.get(name, default)
+    try:
+        return number.parse(text)
+    except ValueError:
+        raise bad_request(f"{name}={text!r}: expected {number.expected}") from None
+
+
 async def rotations(request: web.Request) -> web.Response:
     """Rotations in flight and the most recent finished ones, per book, as JSON."""
     health = request.app[HEALTH]
-    limit = min(int(request.query.get("limit", "50")), 500)
+    limit = query_number(request, "limit", "50", ROTATIONS_LIMIT)
     out: dict[str, Any] = {}
     for book, store in health.stores.items():
         out[book or "-"] = await _book_rotations(store, limit)
@@ -113,13 +172,26 @@ def _check_token(request: web.Request) -> web.Response | None:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object (none sent: empty); 400 when it is not one."""
     if not request.can_read_body:
         return {}
     try:
         body = await request.json()
     except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
+        raise bad_request("the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise bad_request("the body must be a JSON object")
+    return body
+
+
+def _extend_seconds(body: dict[str, Any]) -> float:
+    """The `seconds` of an extend request, or 400 saying what is expected."""
+    value = body.get("seconds")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise bad_request(f"expected {EXTEND_BODY}, got seconds={value!r}")
+    if not DEADLINE_FROM_NOW.holds(value):
+        raise bad_request(f"seconds={value!r}: expected {DEADLINE_FROM_NOW.expected}")
+    return float(value)
 
 
 def _controls(request: web.Request) -> Controls | None:
@@ -143,7 +215,7 @@ async def _control(request: web.Request, action: str) -> web.Response:
                 {"ok": True, "rotation_id": rec.rotation_id, "state": rec.state}
             )
         if action == "extend":
-            seconds = float(body.get("seconds", "nan"))
+            seconds = _extend_seconds(body)
             rec = await controls.extend(request.match_info["rotation_id"], seconds, by)
             return web.json_response(
                 {"ok": True, "rotation_id": rec.rotation_id, "deadline_ms": rec.deadline_ms}
@@ -179,9 +251,14 @@ def make_app(
     *,
     controls: dict[str, Controls] | None = None,
     token: str = "",
+    hosts: Iterable[str] = (),
 ) -> web.Application:
-    """The aiohttp application: health, metrics, status and the operator controls."""
+    """The aiohttp application: health, metrics, status and the operator controls.
+
+    `hosts`: the names this server answers to besides `localhost` and IP addresses
+    (its bind name and GOV_HTTP_ALLOWED_HOSTS)."""
     app = web.Application()
+    app[HOSTS] = frozenset(h.strip().lower() for h in ("localhost", *hosts) if h.strip())
     app[HEALTH] = health
     app[METRICS] = metrics_
     app[CONTROLS] = controls or {}
@@ -197,4 +274,5 @@ def make_app(
     app.router.add_post("/api/rotations/{rotation_id}/abort", _handler("abort"))
     app.router.add_post("/api/rotations/{rotation_id}/extend", _handler("extend"))
     add_console_routes(app, health.stores, controls=bool(token))
+    app.middlewares.append(check_host)  # inside the security headers: refusals carry them
     return app

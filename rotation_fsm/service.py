@@ -254,7 +254,13 @@ async def run_engine(
             run.engine.tally_observers.append(metrics.observe)
             run.engine.conflict_hooks.append(metrics.conflicts.inc)
             controls[name] = Controls(redis, run.engine.store.keys, settings)
-        app = make_app(health, metrics, controls=controls, token=settings.http_token)
+        app = make_app(
+            health,
+            metrics,
+            controls=controls,
+            token=settings.http_token,
+            hosts=(settings.http_host, *settings.http_allowed_hosts),
+        )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         port = await _listen(runner, settings.http_host, settings.metrics_port)

@@ -359,6 +359,7 @@ class Settings:
     #: the rule variables the environment set (the rest are defaults)
     env_rule_names: frozenset[str] = frozenset()
     log_format: str = "text"
+    http_allowed_hosts: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         # Secrets never reach a log line, even through a debug repr.
@@ -430,6 +431,13 @@ def _http_host(text: str) -> str:
     return host
 
 
+def _host_names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
+    if any(not n.replace("-", "").replace(".", "").isalnum() for n in names):
+        raise ValueError(text)
+    return names
+
+
 def _simple(
     env: Mapping[str, str], name: str, default: str, parse: Callable[[str], T], expected: str
 ) -> T:
@@ -481,4 +489,7 @@ def _load(env: Mapping[str, str]) -> Settings:
         heartbeat_s=_number(env, "GOV_HEARTBEAT_S", "5", duration(DAY_S, low=0.1)),
         env_rule_names=frozenset(name for name in RULE_SPECS if name in env),
         log_format=_simple(env, "GOV_LOG_FORMAT", "text", _log_format, "text or json"),
+        http_allowed_hosts=_simple(
+            env, "GOV_HTTP_ALLOWED_HOSTS", "", _host_names, "host names, comma-separated"
+        ),
     )
