@@ -462,6 +462,8 @@ def decide_plan(ctx: _Ctx) -> list[Effect]:
         )
     if plan.is_close:
         return _answer(ctx, R.ALLOW, R.CLOSE_EXEMPT, with_slots=False)
+    if not plan.qty_orderable:  # 0, negative or absurd: no order to let through
+        return _answer(ctx, R.BLOCK, R.INVALID_QTY, with_slots=False)
     if not rules.slots_enabled:
         return _answer(ctx, R.ALLOW, R.SLOTS_DISABLED, with_slots=False)
     if rules.entries_paused:

@@ -26,6 +26,11 @@ RESULT_NUMBERS = ("filled_qty", "timestamp")
 RESULT_BOOLS = ("executed", "reduceOnly")
 
 
+# The largest quantity an OPEN plan may ask for: beyond 2^53 a float has no whole lot
+# steps, and no market trades that much, so such a plan is a producer's error.
+MAX_QTY = float(2**53)
+
+
 class BadEntry(ValueError):
     """A stream entry that cannot be used; goes to the dead-letter stream."""
 
@@ -55,6 +60,12 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def is_close(self) -> bool:
         return self.reduce_only or self.action in CLOSE_ACTIONS
+
+    @property
+    def qty_orderable(self) -> bool:
+        """No quantity, or one above 0 and at most `MAX_QTY` (parsing has already
+        dead-lettered a quantity that is not a finite number)."""
+        return self.qty is None or 0 < self.qty <= MAX_QTY
 
 
 class Result(msgspec.Struct, frozen=True, kw_only=True):

@@ -24,6 +24,7 @@ ROTATION_ABORTED = "active_slots_rotation_aborted"
 CORRELATION_TOO_HIGH = "active_slots_correlation_too_high"
 MARGIN_CAP = "active_slots_margin_cap"
 PAUSED = "active_slots_paused"
+INVALID_QTY = "active_slots_invalid_qty"
 
 # Events
 EV_LOCK_CREATED = "ROTATION_LOCK_CREATED"

@@ -264,6 +264,23 @@ def test_symbol_outside_the_universe_is_blocked(book):
     assert (d.decision, d.reason) == (R.BLOCK, R.NOT_IN_UNIVERSE)
 
 
+@pytest.mark.parametrize("qty", [0.0, -5.0, 1e308, float(2**53) * 2])
+def test_an_open_plan_with_no_orderable_qty_is_blocked_and_holds_no_slot(book, qty):
+    d = send(book, plan(qty=qty), market(*book_of(1)))
+    assert (d.decision, d.reason) == (R.BLOCK, R.INVALID_QTY)
+    assert book.permits == {} and book.view.reservations == {}
+
+
+def test_a_resend_with_a_corrected_qty_is_decided_afresh(book):
+    assert send(book, plan(qty=-5.0), market()).reason == R.INVALID_QTY
+    assert send(book, plan(qty=0.5), market(), NOW_MS + 1).reason == R.SLOTS_AVAILABLE
+
+
+def test_a_close_plan_is_exempt_whatever_its_qty(book):
+    d = send(book, plan(qty=0.0, reduce_only=True, action="FULL_CLOSE_PROPOSED"), market())
+    assert (d.decision, d.reason) == (R.ALLOW, R.CLOSE_EXEMPT)
+
+
 def test_exchange_failure_blocks_and_a_resend_is_decided_afresh(book):
     assert send(book, plan(), exchange_down()).reason == R.POSITIONS_UNAVAILABLE
     assert send(book, plan(), market(), NOW_MS + 1).reason == R.SLOTS_AVAILABLE
