@@ -19,7 +19,15 @@ from redis.exceptions import ResponseError
 from .decide import BadIn, Input, PlanIn, ResultIn
 from .engine import BookEngine
 from .keys import Keys
-from .messages import BadEntry, as_text, parse_plan, parse_result
+from .messages import (
+    BadEntry,
+    as_text,
+    autoclaim_reply,
+    parse_plan,
+    parse_result,
+    repeated_names_error,
+    stream_reply,
+)
 from .store import AnyRedis
 
 log = logging.getLogger("rotation_fsm.listener")
@@ -27,6 +35,9 @@ log = logging.getLogger("rotation_fsm.listener")
 
 def to_input(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> Input:
     """A parsed input, or a `BadIn` carrying the reason and the raw fields."""
+    repeated = repeated_names_error(fields)
+    if repeated is not None:  # every pair goes to the dead letter, both values shown
+        return BadIn(stream, entry_id, list(getattr(fields, "pairs", ())), repeated)
     try:
         if stream == "plans":
             return PlanIn(entry_id, parse_plan(fields))
@@ -52,6 +63,9 @@ class Listener:
     ) -> None:
         # `redis` must allow a blocking read longer than block_ms (socket_timeout).
         self.redis = redis
+        # Parsed keeping every field as written, so a name written twice is seen.
+        redis.set_response_callback("XREADGROUP", stream_reply)
+        redis.set_response_callback("XAUTOCLAIM", autoclaim_reply)
         self.engine = engine
         self.keys = keys
         self.group = group

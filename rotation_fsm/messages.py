@@ -81,6 +81,58 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
     timestamp: float | None = None
 
 
+class EntryFields(dict[bytes, bytes]):
+    """A stream entry's fields as read. Redis keeps every field an XADD wrote, also a
+    name written twice; a dict keeps only the last value, so the names written more
+    than once are kept in `repeated`, and every pair as written in `pairs`."""
+
+    repeated: tuple[bytes, ...] = ()
+    pairs: tuple[tuple[bytes, bytes], ...] = ()
+
+
+def entry_fields(flat: list[bytes] | None) -> EntryFields:
+    """`[name, value, name, value, …]` (one entry as Redis sends it) as EntryFields."""
+    fields = EntryFields(zip(flat[::2], flat[1::2], strict=True)) if flat else EntryFields()
+    if flat and len(fields) * 2 != len(flat):
+        names = flat[::2]
+        fields.repeated = tuple(sorted({n for n in names if names.count(n) > 1}))
+        fields.pairs = tuple(zip(flat[::2], flat[1::2], strict=True))
+    return fields
+
+
+def stream_reply(response: Any, **options: Any) -> list[list[Any]]:
+    """An XREAD/XREADGROUP reply (RESP2 list or RESP3 map) as redis-py gives it,
+    `[[stream, [(id, fields), …]], …]`, with each entry's fields as `EntryFields`
+    (redis-py's own parser drops a repeated field name without a trace)."""
+    if not response:
+        return []
+    items = response.items() if isinstance(response, dict) else response
+    return [[stream, _stream_entries(entries)] for stream, entries in items]
+
+
+def autoclaim_reply(response: Any, **options: Any) -> list[Any]:
+    """An XAUTOCLAIM reply, its entries' fields as `EntryFields`."""
+    return [response[0], _stream_entries(response[1]), *response[2:]]
+
+
+def _stream_entries(entries: list[Any] | None) -> list[tuple[Any, EntryFields | None]]:
+    return [
+        (e[0], entry_fields(e[1]) if e[1] is not None else None) if e is not None else (None, None)
+        for e in entries or []
+    ]
+
+
+def repeated_names_error(fields: Mapping[Any, Any]) -> str | None:
+    """Why an entry that wrote a field name twice cannot be decided (it is not clear
+    which value its producer meant), or None."""
+    repeated = getattr(fields, "repeated", ())
+    if not repeated:
+        return None
+    return "field names written more than once: " + ", ".join(
+        repr(as_text(n, "replace")) for n in repeated
+    )
+
+
 def decode_fields(raw: dict[bytes, bytes] | dict[str, str]) -> dict[str, str]:
     """Decode one entry's fields strictly as UTF-8; raise BadEntry naming the field."""
     out: dict[str, str] = {}
