@@ -29,6 +29,7 @@ class Health:
     """What /readyz reports: Redis reachable and the consumer groups in place."""
 
     redis_ok: bool = False
+    redis_out_of_memory: bool = False  # Redis answers but refuses writes (maxmemory)
     groups_ok: bool = False
     last_error: str = ""
     stores: dict[str, Store] = field(default_factory=dict)
@@ -90,6 +91,7 @@ async def readyz(request: web.Request) -> web.Response:
     body = {
         "ready": health.ready,
         "redis": health.redis_ok,
+        "redis_out_of_memory": health.redis_out_of_memory,
         "groups": health.groups_ok,
         "error": health.last_error,
     }

@@ -52,6 +52,11 @@ class Metrics:
         self.redis_up = Gauge(
             "rotation_redis_up", "1 when the last Redis call succeeded", registry=self.registry
         )
+        self.redis_out_of_memory = Gauge(
+            "rotation_redis_out_of_memory",
+            "1 while Redis refuses writes for maxmemory (nothing is decided meanwhile)",
+            registry=self.registry,
+        )
 
         # Read per book when scraped (book_gauges.py), so every replica reports the same.
         def per_book(name: str, doc: str, *labels: str) -> Gauge:

@@ -29,6 +29,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
     AuthenticationError,
     ClusterError,
+    OutOfMemoryError,
     ResponseError,
     SlotNotCoveredError,
     TryAgainError,
@@ -82,6 +83,17 @@ def is_redis_down(exc: BaseException) -> bool:
         return False
     frames = traceback.walk_tb(exc.__traceback__)
     return any(f.f_code.co_filename.endswith(_REDIS_CONNECTION_MODULE) for f, _ in frames)
+
+
+def is_redis_out_of_memory(exc: BaseException) -> bool:
+    """Redis refused a write for `maxmemory`: an outage to wait out like any other.
+
+    Nothing was half written: the commit script's first write fails when Redis was
+    out of memory as it began, and an entry is acknowledged only inside the commit,
+    so the batch stays pending and is decided again once memory is freed."""
+    return isinstance(exc, OutOfMemoryError) or (
+        isinstance(exc, ResponseError) and str(exc).startswith("OOM ")
+    )
 
 
 def connect(settings: Settings, *, blocking: bool = False) -> AnyRedis:
@@ -156,11 +168,14 @@ async def supervise(
             await step()
             delay = 0.1
         except Exception as exc:
-            if not is_redis_down(exc):  # issue #7: was `except REDIS_DOWN`, see is_redis_down
+            out_of_memory = is_redis_out_of_memory(exc)
+            if not out_of_memory and not is_redis_down(exc):
                 raise
             health.redis_ok = False
+            health.redis_out_of_memory = out_of_memory
             health.last_error = f"{name}: {type(exc).__name__}: {exc}"
             metrics.redis_up.set(0)
+            metrics.redis_out_of_memory.set(1 if out_of_memory else 0)
             log.warning("redis unavailable in %s, retrying in %.1fs: %s", name, delay, exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
@@ -284,7 +299,7 @@ async def run_engine(
         )
     finally:
         for run in books.values():
-            with contextlib.suppress(*REDIS_DOWN):  # its entries stay pending: redelivered
+            with contextlib.suppress(*REDIS_DOWN, OutOfMemoryError):  # left pending: redelivered
                 await run.engine.flush()  # the last pipelined commit
             if runner is not None:  # it started: its record is taken back
                 with contextlib.suppress(*REDIS_DOWN):  # unreachable: the record expires
@@ -334,8 +349,10 @@ async def _listen(runner: web.AppRunner, host: str, port: int) -> int:
 def _mark_up(health: Health, metrics: Metrics) -> None:
     if not health.redis_ok:
         health.redis_ok = True
+        health.redis_out_of_memory = False
         health.last_error = ""
         metrics.redis_up.set(1)
+        metrics.redis_out_of_memory.set(0)
 
 
 def _install_signals(stop: asyncio.Event) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
+import aiohttp
 import pytest
 
 from rotation_fsm import reasons as R
-from tests.integration.harness import Stack, fields_of
+from tests.integration.harness import Stack, fields_of, open_stack
 from tests.stubs import plan_fields
 
 pytestmark = pytest.mark.timeout(60)
@@ -40,3 +42,45 @@ async def test_a_value_redis_cannot_carry_written_into_the_settings_hash_is_igno
     assert held["until_ms"] - time.time() * 1000 <= 30_000  # the last good TTL
     pending = await stack.redis.xpending(stack.keys.plans, "rotation-fsm")
     assert pending["pending"] == 0
+
+
+# A producer that got its entries in as memory ran out: a script allowed to write
+# while Redis is out of memory (XADD itself would be refused).
+XADD_ALLOW_OOM = "#!lua flags=allow-oom\nreturn redis.call('XADD', KEYS[1], '*', unpack(ARGV))"
+
+
+async def readyz(port: int) -> tuple[int, dict[str, object]]:
+    url = f"http://127.0.0.1:{port}/readyz"
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_redis_out_of_memory_is_waited_out_reported_and_nothing_left_pending(
+    redis_factory,
+):
+    server = redis_factory()
+    async with open_stack(server.url) as stack:
+        running = await stack.start_engine()
+        await stack.redis.set("ballast", b"x" * 2_000_000)  # past the 1 MB below
+        await stack.redis.config_set("maxmemory", "1mb")
+        ids = [f"p-oom-{i}" for i in range(5)]
+        for plan_id in ids:
+            flat = [x for k, v in plan_fields(plan_id, "BNBUSDT").items() for x in (k, v)]
+            await stack.redis.eval(XADD_ALLOW_OOM, 1, stack.keys.plans, *flat)
+        while not running.health.redis_out_of_memory:
+            await asyncio.sleep(0.05)  # a readiness probe, as an orchestrator would
+        status, body = await readyz(running.http_port)
+        assert status == 503 and body["redis_out_of_memory"] is True
+        assert "maxmemory" in str(body["error"])
+        assert running.metrics.redis_out_of_memory._value.get() == 1
+        await asyncio.sleep(3.0)  # the out-of-memory spell lasts 3 s
+        assert all(not task.done() for task, _ in stack.engines)
+
+        await stack.redis.config_set("maxmemory", "0")
+        await stack.redis.delete("ballast")
+        decisions = [await stack.decision(plan_id, timeout_s=20) for plan_id in ids]
+        assert [d["decision"] for d in decisions] == ["ALLOW"] * 5
+        assert (await readyz(running.http_port))[0] == 200
+        pending = await stack.redis.xpending(stack.keys.plans, "rotation-fsm")
+        assert pending["pending"] == 0
+        assert running.metrics.redis_out_of_memory._value.get() == 0
