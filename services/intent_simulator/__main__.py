@@ -13,15 +13,11 @@ import signal
 import sys
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.entry import run_main
 
-from .simulator import IntentSimulator, SimConfig, load_config
-
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+from .simulator import REDIS_DOWN, IntentSimulator, SimConfig, load_config
 
 
 async def until_consumed(redis: Redis, config: SimConfig, stop: asyncio.Event) -> None:

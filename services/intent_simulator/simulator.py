@@ -18,6 +18,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rotation_fsm.keys import Keys
 from rotation_fsm.settings import load_settings
@@ -38,6 +41,8 @@ SOURCE = "intent-simulator"
 DEFAULT_UNIVERSE = tuple(REFERENCE_PRICES)
 #: a resend picks one of this many recent plans
 RECENT = 50
+#: what a Redis that is restarting or unreachable raises
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 @dataclass(frozen=True)
@@ -163,6 +168,7 @@ class IntentSimulator:
         self.prices = prices or {}
         self.rng = random.Random(self.config.seed)
         self.stats = SimStats()
+        self.outages = 0  # Redis outages waited out
         self._recent: deque[dict[str, str]] = deque(maxlen=RECENT)
 
     async def seed_policy(self) -> None:
@@ -223,24 +229,48 @@ class IntentSimulator:
         return written
 
     async def run(self, stop: asyncio.Event | None = None) -> SimStats:
-        """Publish at `rate` ticks per second until `stop`, `seconds` or `count`."""
+        """Publish at `rate` ticks per second until `stop`, `seconds` or `count`; a
+        Redis outage is waited out (see `wait_for_redis`), not a crash."""
         stop = stop or asyncio.Event()
         interval_s = 1.0 / self.config.rate
-        start = time.monotonic()
-        ticks = 0
+        began = paced_from = time.monotonic()
+        ticks = paced = 0
         while not stop.is_set():
             if self.config.count is not None and ticks >= self.config.count:
                 break
-            elapsed = time.monotonic() - start
-            if self.config.seconds is not None and elapsed >= self.config.seconds:
+            if self.config.seconds is not None and time.monotonic() - began >= self.config.seconds:
                 break
-            await self.publish_next()
+            try:
+                await self.publish_next()
+            except REDIS_DOWN as exc:
+                await self.wait_for_redis(exc, stop)
+                paced_from, paced = time.monotonic(), 0  # no burst of the ticks missed
+                continue
             ticks += 1
-            # Paced against the start, not the last tick: no drift over a long run.
-            wait_s = start + ticks * interval_s - time.monotonic()
+            paced += 1
+            # Paced against a fixed start, not the last tick: no drift over a long run.
+            wait_s = paced_from + paced * interval_s - time.monotonic()
             if self.config.seconds is not None:
-                wait_s = min(wait_s, start + self.config.seconds - time.monotonic())
+                wait_s = min(wait_s, began + self.config.seconds - time.monotonic())
             if wait_s > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=wait_s)
         return self.stats
+
+    async def wait_for_redis(self, exc: BaseException, stop: asyncio.Event) -> None:
+        """Say once that Redis is away, probe it with backoff until it answers (or
+        `stop`), then seed the policy again if a restart without persistence lost it."""
+        self.outages += 1
+        print(f"intent-simulator: redis unavailable, waiting: {exc}", file=sys.stderr, flush=True)
+        delay_s = 0.1
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay_s)
+            try:
+                if not await self.redis.exists(self.config.keys.policy):
+                    await self.seed_policy()
+            except REDIS_DOWN:
+                delay_s = min(2.0, delay_s * 2)
+                continue
+            print("intent-simulator: redis is back, publishing again", file=sys.stderr, flush=True)
+            return

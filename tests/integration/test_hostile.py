@@ -8,8 +8,11 @@ import time
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
 
 from rotation_fsm import reasons as R
+from rotation_fsm.keys import Keys
+from services.intent_simulator.simulator import IntentSimulator, SimConfig
 from tests.integration.harness import Stack, fields_of, open_stack
 from tests.stubs import plan_fields
 
@@ -84,3 +87,27 @@ async def test_redis_out_of_memory_is_waited_out_reported_and_nothing_left_pendi
         pending = await stack.redis.xpending(stack.keys.plans, "rotation-fsm")
         assert pending["pending"] == 0
         assert running.metrics.redis_out_of_memory._value.get() == 0
+
+
+async def test_the_intent_simulator_survives_a_redis_restart(redis_factory):
+    server = redis_factory()  # no persistence: the restart loses the policy too
+    redis = Redis.from_url(server.url)
+    keys = Keys()
+    config = SimConfig(redis_url=server.url, rate=50, duplicate_rate=0, resend_rate=0, seed=7)
+    simulator = IntentSimulator(redis, config)
+    await simulator.seed_policy()
+    stop = asyncio.Event()
+    task = asyncio.create_task(simulator.run(stop))
+    try:
+        assert await redis.xread({keys.plans: "0"}, count=1, block=5000)
+        server.kill()
+        while not simulator.outages:
+            await asyncio.sleep(0.02)  # the simulator's own probe runs meanwhile
+        server.restart()
+        assert await redis.xread({keys.plans: "0"}, count=1, block=10_000)  # publishing again
+        assert await redis.exists(keys.policy)
+        assert not task.done()
+    finally:
+        stop.set()
+        await task
+        await redis.aclose()
