@@ -21,6 +21,7 @@ from .machine import IN_FLIGHT
 from .metrics import Metrics
 from .settings import Number, SettingError, count
 from .store import Store
+from .web.live import DEFAULT_MAX_CLIENTS
 from .web.routes import add_console_routes
 
 
@@ -254,6 +255,7 @@ def make_app(
     controls: dict[str, Controls] | None = None,
     token: str = "",
     hosts: Iterable[str] = (),
+    max_live_pages: int = DEFAULT_MAX_CLIENTS,
 ) -> web.Application:
     """The aiohttp application: health, metrics, status and the operator controls.
 
@@ -275,6 +277,6 @@ def make_app(
     app.router.add_post("/api/resume", _handler("resume"))
     app.router.add_post("/api/rotations/{rotation_id}/abort", _handler("abort"))
     app.router.add_post("/api/rotations/{rotation_id}/extend", _handler("extend"))
-    add_console_routes(app, health.stores, controls=bool(token))
+    add_console_routes(app, health.stores, controls=bool(token), max_live_pages=max_live_pages)
     app.middlewares.append(check_host)  # inside the security headers: refusals carry them
     return app

@@ -275,6 +275,7 @@ async def run_engine(
             controls=controls,
             token=settings.http_token,
             hosts=(settings.http_host, *settings.http_allowed_hosts),
+            max_live_pages=settings.sse_max_clients,
         )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()

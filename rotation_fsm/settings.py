@@ -360,6 +360,7 @@ class Settings:
     env_rule_names: frozenset[str] = frozenset()
     log_format: str = "text"
     http_allowed_hosts: tuple[str, ...] = ()
+    sse_max_clients: int = 100
 
     def __repr__(self) -> str:
         # Secrets never reach a log line, even through a debug repr.
@@ -489,6 +490,7 @@ def _load(env: Mapping[str, str]) -> Settings:
         heartbeat_s=_number(env, "GOV_HEARTBEAT_S", "5", duration(DAY_S, low=0.1)),
         env_rule_names=frozenset(name for name in RULE_SPECS if name in env),
         log_format=_simple(env, "GOV_LOG_FORMAT", "text", _log_format, "text or json"),
+        sse_max_clients=_number(env, "GOV_SSE_MAX_CLIENTS", "100", count(10_000)),
         http_allowed_hosts=_simple(
             env, "GOV_HTTP_ALLOWED_HOSTS", "", _host_names, "host names, comma-separated"
         ),

@@ -4,10 +4,17 @@ A single task follows the decision, event and audit streams of every book with a
 blocking XREAD and hands each new entry to all subscribers (Server-Sent Events). The
 audit stream gets one entry per commit and per setting change, so a change that
 writes no decision or event (a fill releasing a reservation, a pause) is pushed too;
-its body is not sent, only that it happened. Ten open
-tabs cost Redis one reader, not ten, and no page polls. A subscriber that cannot keep
-up loses the oldest entries, never blocks the others: the page refetches the state
-on every message anyway, so a dropped one costs nothing.
+its body is not sent, only that it happened. Ten open tabs cost Redis one reader,
+not ten, and no page polls.
+
+The pages share the engine's event loop, so the fan-out is kept small and bounded:
+each XREAD's entries are encoded once, as one chunk, and every page gets that chunk
+in one write; the reader runs at most `FANOUT_HZ` times a second (a busy book's
+entries are gathered into fewer, larger chunks); at most `max_clients` pages are
+served (more are answered 503); no timer or task per page (one heartbeat for all);
+and a page that cannot keep up — `QUEUE` chunks behind, its socket full — is dropped
+and its connection closed. A page refetches the state on every message anyway, and
+reconnects by itself, so a dropped one costs nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,69 +37,110 @@ log = logging.getLogger("rotation_fsm.web")
 
 BLOCK_MS = 1000  # below redis-py's default socket timeout (5 s)
 KINDS = ("decisions", "events", "audit")
-QUEUE = 256
+QUEUE = 64  # chunks a page may lag behind before it is dropped (16 s at FANOUT_HZ)
+FANOUT_HZ = 4.0  # fan-outs per second at most (the page debounces its refetch as much)
+HEARTBEAT_S = 15.0  # a comment line this often keeps proxies and browsers connected
+HEARTBEAT = b": heartbeat\n\n"
+DEFAULT_MAX_CLIENTS = 100
+
+
+class HubFull(Exception):
+    """As many pages as allowed are already open."""
+
+
+Chunk = bytes | None  # None: the stream ends (shutdown, or a page dropped)
 
 
 @dataclass
 class Hub:
-    """Fans out new decision and event entries of `stores` (book → Store)."""
+    """Fans out new decision, event and audit entries of `stores` (book → Store)."""
 
     stores: dict[str, Store]
-    subscribers: set[asyncio.Queue[dict[str, Any] | None]] = field(default_factory=set)
+    max_clients: int = DEFAULT_MAX_CLIENTS
+    subscribers: dict[asyncio.Queue[Chunk], asyncio.Task[Any] | None] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
     reads: int = 0  # XREAD calls made: tests check one reader serves every page
+    _sent_at: float = 0.0
+    dropped: int = 0  # pages dropped for falling behind
+    refused: int = 0  # pages refused at the cap
 
-    def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(QUEUE)
-        self.subscribers.add(queue)
+    def subscribe(self, handler: asyncio.Task[Any] | None = None) -> asyncio.Queue[Chunk]:
+        """A queue of chunks for the page served by `handler`; HubFull at the cap."""
+        if len(self.subscribers) >= self.max_clients:
+            self.refused += 1
+            raise HubFull(f"{self.max_clients} live pages already open (GOV_SSE_MAX_CLIENTS)")
+        queue: asyncio.Queue[Chunk] = asyncio.Queue(QUEUE)
+        # The page's handler is cancelled if it falls behind: a write stuck on a full
+        # socket would never read the end of its stream.
+        self.subscribers[queue] = handler
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._follow())
         return queue
 
-    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
-        self.subscribers.discard(queue)
+    def unsubscribe(self, queue: asyncio.Queue[Chunk]) -> None:
+        self.subscribers.pop(queue, None)
 
     async def close(self) -> None:
-        """End every page's stream (None tells it) and stop reading: the server is
-        shutting down and would otherwise wait for those streams."""
-        self.publish(None)
+        """End every page's stream and stop reading: the server is shutting down and
+        would otherwise wait for those streams."""
+        for queue in list(self.subscribers):
+            _end(queue)
         self.subscribers.clear()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def publish(self, message: dict[str, Any] | None) -> None:
-        for queue in list(self.subscribers):
+    def publish(self, messages: list[dict[str, Any]]) -> None:
+        """Hand `messages` to every page as one chunk; drop a page that lags."""
+        if messages:
+            self.send(
+                b"".join(f"event: change\ndata: {json.dumps(m)}\n\n".encode() for m in messages)
+            )
+
+    def send(self, chunk: bytes) -> None:
+        """Queue `chunk` for every page; a page `QUEUE` chunks behind is dropped."""
+        self._sent_at = time.monotonic()
+        for queue, handler in list(self.subscribers.items()):
             if queue.full():
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    queue.get_nowait()
-            queue.put_nowait(message)
+                self.dropped += 1
+                del self.subscribers[queue]
+                _end(queue)
+                if handler is not None:
+                    handler.cancel()
+                continue
+            queue.put_nowait(chunk)
 
     async def _follow(self) -> None:
         """Follow every book's streams from now on, while anyone listens."""
         cursors = {(book, kind): "$" for book in self.stores for kind in KINDS}
         delay = 0.2
         while self.subscribers:
+            began = time.monotonic()
             try:
                 for book, store in self.stores.items():
-                    await self._read_book(book, store, cursors)
+                    self.publish(await self._read_book(book, store, cursors))
                 delay = 0.2
             except RedisError as exc:  # an outage: say so, and try again
-                self.publish({"kind": "redis", "ok": False, "error": str(exc)})
+                self.publish([{"kind": "redis", "ok": False, "error": str(exc)}])
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
+            if time.monotonic() - self._sent_at >= HEARTBEAT_S:
+                self.send(HEARTBEAT)
+            # Entries arriving meanwhile wait in the stream and go out in one chunk.
+            await asyncio.sleep(max(0.0, began + 1 / FANOUT_HZ - time.monotonic()))
 
     async def _read_book(
         self, book: str, store: Store, cursors: dict[tuple[str, str], str]
-    ) -> None:
+    ) -> list[dict[str, Any]]:
         keys = store.keys
         names = {keys.decisions: "decisions", keys.events: "events", keys.audit: "audit"}
         streams = {name: cursors[(book, kind)] for name, kind in names.items()}
         block = BLOCK_MS // max(1, len(self.stores))
         self.reads += 1
-        reply = await store.redis.xread(streams, count=100, block=block)
+        reply = await store.redis.xread(streams, count=1000, block=block)
         items = reply.items() if isinstance(reply, dict) else reply or []
+        messages: list[dict[str, Any]] = []
         for stream, entries in items:
             kind = names[as_text_lenient(stream)]
             for entry_id, fields in entries:
@@ -103,23 +152,26 @@ class Hub:
                 }
                 if kind != "audit":  # an audit entry is large and says nothing new here
                     message["fields"] = fields_text(fields, "replace")
-                self.publish(message)
+                messages.append(message)
+        return messages
 
 
-async def sse_messages(hub: Hub, heartbeat_s: float = 15.0) -> AsyncIterator[bytes]:
-    """The bytes of one page's event stream: a hello, then every message, with a
-    comment line as heartbeat so proxies and the browser keep the connection."""
-    queue = hub.subscribe()
+def _end(queue: asyncio.Queue[Chunk]) -> None:
+    """Make `queue`'s next item the end of its stream, whatever it held."""
+    while not queue.empty():
+        queue.get_nowait()
+    queue.put_nowait(None)
+
+
+async def sse_messages(queue: asyncio.Queue[Chunk], hub: Hub) -> AsyncIterator[bytes]:
+    """The bytes of one page's event stream (`queue` from `hub.subscribe()`): a
+    hello, then every chunk (heartbeats included) until the stream ends."""
     try:
         yield b"retry: 2000\nevent: hello\ndata: {}\n\n"
         while True:
-            try:
-                message = await asyncio.wait_for(queue.get(), timeout=heartbeat_s)
-            except TimeoutError:
-                yield b": heartbeat\n\n"
-                continue
-            if message is None:
-                return  # the server is shutting down: the page reconnects
-            yield f"event: change\ndata: {json.dumps(message)}\n\n".encode()
+            chunk = await queue.get()
+            if chunk is None:
+                return  # shutting down, or dropped: the page reconnects
+            yield chunk
     finally:
         hub.unsubscribe(queue)

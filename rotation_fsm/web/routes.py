@@ -12,6 +12,8 @@ server's own script, stylesheet and connections; no inline script or style.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -23,7 +25,7 @@ from redis.exceptions import RedisError
 
 from ..keys import Keys
 from ..store import AnyRedis, Store
-from .live import Hub, sse_messages
+from .live import DEFAULT_MAX_CLIENTS, Hub, HubFull, sse_messages
 from .series import console_series
 from .state import console_state, console_story
 
@@ -106,16 +108,22 @@ async def story(request: web.Request) -> web.Response:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
+    hub = request.app[HUB]
+    try:
+        queue = hub.subscribe(asyncio.current_task())
+    except HubFull as exc:  # the page retries with backoff
+        return web.json_response({"error": str(exc)}, status=503, headers={"Retry-After": "10"})
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     response.headers.update(SECURITY_HEADERS)
     await response.prepare(request)
-    async for chunk in sse_messages(request.app[HUB]):
-        try:
-            await response.write(chunk)
-        except ConnectionResetError:
-            break
+    async with contextlib.aclosing(sse_messages(queue, hub)) as chunks:
+        async for chunk in chunks:
+            try:
+                await response.write(chunk)
+            except ConnectionResetError:
+                break
     return response
 
 
@@ -123,11 +131,18 @@ async def _close_hub(app: web.Application) -> None:
     await app[HUB].close()
 
 
-def add_console_routes(app: web.Application, stores: dict[str, Store], *, controls: bool) -> None:
+def add_console_routes(
+    app: web.Application,
+    stores: dict[str, Store],
+    *,
+    controls: bool,
+    max_live_pages: int = DEFAULT_MAX_CLIENTS,
+) -> None:
     """Mount the console on `app`; `controls`: an HTTP token is configured (the abort
-    button is offered; the token itself is never sent to the page)."""
+    button is offered; the token itself is never sent to the page); at most
+    `max_live_pages` pages follow the live stream at once."""
     app[STORES] = stores
-    app[HUB] = Hub(stores)
+    app[HUB] = Hub(stores, max_clients=max_live_pages)
     app[CONTROLS_ON] = controls
     app.middlewares.append(security_headers)
     app.on_shutdown.append(_close_hub)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -21,8 +22,8 @@ TOKEN = "t0ken-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-@pytest.fixture
-async def base(redis_client: Redis) -> AsyncIterator[str]:
+@contextlib.asynccontextmanager
+async def serve(redis_client: Redis, max_live_pages: int = 100) -> AsyncIterator[str]:
     """An engine's HTTP app on a loopback port, on an empty book; its base URL."""
     settings = load_settings({})
     keys = Keys()
@@ -33,6 +34,7 @@ async def base(redis_client: Redis) -> AsyncIterator[str]:
         controls={"": Controls(redis_client, keys, settings)},
         token=TOKEN,
         hosts=("console.example",),
+        max_live_pages=max_live_pages,
     )
     server = TestServer(app, host="127.0.0.1", port=0)
     await server.start_server()
@@ -40,6 +42,12 @@ async def base(redis_client: Redis) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{server.port}"
     finally:
         await server.close()
+
+
+@pytest.fixture
+async def base(redis_client: Redis) -> AsyncIterator[str]:
+    async with serve(redis_client) as url:
+        yield url
 
 
 @pytest.mark.parametrize("limit", ["abc", "0", "-5", "501", "1e3", ""])
@@ -96,3 +104,16 @@ async def test_probes_answer_whatever_the_host(base: str):
         for path in ("/healthz", "/readyz", "/metrics"):
             async with http.get(base + path, headers=other) as r:
                 assert r.status == 200, path
+
+
+async def test_live_pages_beyond_the_cap_are_answered_503(redis_client: Redis):
+    async with (
+        serve(redis_client, max_live_pages=1) as url,
+        aiohttp.ClientSession() as http,
+        http.get(f"{url}/api/console/events") as first,
+    ):
+        assert first.status == 200
+        assert (await first.content.readuntil(b"\n\n")).startswith(b"retry:")
+        async with http.get(f"{url}/api/console/events") as second:
+            assert second.status == 503 and second.headers["Retry-After"]
+            assert "GOV_SSE_MAX_CLIENTS" in (await second.json())["error"]
