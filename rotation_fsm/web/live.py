@@ -7,10 +7,11 @@ writes no decision or event (a fill releasing a reservation, a pause) is pushed 
 its body is not sent, only that it happened. Ten open tabs cost Redis one reader,
 not ten, and no page polls.
 
-The pages share the engine's event loop, so the fan-out is kept small and bounded:
+The pages share the engine's event loop, so the fan-out is kept small, bounded and sliced:
 each XREAD's entries are encoded once, as one chunk, and every page gets that chunk
-in one write; the reader runs at most `FANOUT_HZ` times a second (a busy book's
-entries are gathered into fewer, larger chunks); at most `max_clients` pages are
+in one write; the reader runs at most `FANOUT_HZ` times a second, and less often
+with many pages open, so the page writes stay within `FANOUT_WRITES_PER_S` (a busy
+book's entries are gathered into fewer, larger chunks); at most `max_clients` pages are
 served (more are answered 503); no timer or task per page (one heartbeat for all);
 and a page that cannot keep up — `QUEUE` chunks behind, its socket full — is dropped
 and its connection closed. A page refetches the state on every message anyway, and
@@ -39,6 +40,10 @@ BLOCK_MS = 1000  # below redis-py's default socket timeout (5 s)
 KINDS = ("decisions", "events", "audit")
 QUEUE = 64  # chunks a page may lag behind before it is dropped (16 s at FANOUT_HZ)
 FANOUT_HZ = 4.0  # fan-outs per second at most (the page debounces its refetch as much)
+# Page writes per second the fan-out may cost the engine's loop: with many pages open
+# the fan-outs come less often (1,000 pages: one a second), whatever the book's pace.
+FANOUT_WRITES_PER_S = 1000.0
+FANOUT_SLICE = 50  # pages woken per turn of the event loop
 HEARTBEAT_S = 15.0  # a comment line this often keeps proxies and browsers connected
 HEARTBEAT = b": heartbeat\n\n"
 DEFAULT_MAX_CLIENTS = 100
@@ -91,17 +96,23 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def publish(self, messages: list[dict[str, Any]]) -> None:
+    async def publish(self, messages: list[dict[str, Any]]) -> None:
         """Hand `messages` to every page as one chunk; drop a page that lags."""
         if messages:
-            self.send(
+            await self.send(
                 b"".join(f"event: change\ndata: {json.dumps(m)}\n\n".encode() for m in messages)
             )
 
-    def send(self, chunk: bytes) -> None:
-        """Queue `chunk` for every page; a page `QUEUE` chunks behind is dropped."""
+    async def send(self, chunk: bytes) -> None:
+        """Queue `chunk` for every page; a page `QUEUE` chunks behind is dropped.
+
+        Pages are woken `FANOUT_SLICE` at a time, with a turn of the event loop in
+        between: the engine's replies are read between slices instead of waiting
+        for every page's write."""
         self._sent_at = time.monotonic()
-        for queue, handler in list(self.subscribers.items()):
+        for i, (queue, handler) in enumerate(list(self.subscribers.items())):
+            if i and i % FANOUT_SLICE == 0:
+                await asyncio.sleep(0)
             if queue.full():
                 self.dropped += 1
                 del self.subscribers[queue]
@@ -119,16 +130,17 @@ class Hub:
             began = time.monotonic()
             try:
                 for book, store in self.stores.items():
-                    self.publish(await self._read_book(book, store, cursors))
+                    await self.publish(await self._read_book(book, store, cursors))
                 delay = 0.2
             except RedisError as exc:  # an outage: say so, and try again
-                self.publish([{"kind": "redis", "ok": False, "error": str(exc)}])
+                await self.publish([{"kind": "redis", "ok": False, "error": str(exc)}])
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
             if time.monotonic() - self._sent_at >= HEARTBEAT_S:
-                self.send(HEARTBEAT)
+                await self.send(HEARTBEAT)
             # Entries arriving meanwhile wait in the stream and go out in one chunk.
-            await asyncio.sleep(max(0.0, began + 1 / FANOUT_HZ - time.monotonic()))
+            period_s = max(1 / FANOUT_HZ, len(self.subscribers) / FANOUT_WRITES_PER_S)
+            await asyncio.sleep(max(0.0, began + period_s - time.monotonic()))
 
     async def _read_book(
         self, book: str, store: Store, cursors: dict[tuple[str, str], str]

@@ -27,7 +27,7 @@ async def test_pages_beyond_the_cap_are_refused():
 async def test_one_read_of_many_entries_is_one_chunk_per_page():
     hub = Hub({}, max_clients=10)
     pages = [hub.subscribe() for _ in range(10)]
-    hub.publish([message(i) for i in range(300)])
+    await hub.publish([message(i) for i in range(300)])
     for page in pages:
         assert page.qsize() == 1  # one write per page, whatever the burst
         chunk = page.get_nowait()
@@ -40,12 +40,12 @@ async def test_a_page_that_falls_behind_is_dropped_and_the_others_are_served():
     stuck_writer = asyncio.create_task(asyncio.Event().wait())  # its socket is full
     slow, fast = hub.subscribe(stuck_writer), hub.subscribe()
     for i in range(QUEUE + 1):
-        hub.publish([message(i)])
+        await hub.publish([message(i)])
         fast.get_nowait()
     assert hub.dropped == 1 and slow not in hub.subscribers
     assert slow.get_nowait() is None  # its stream ends: the page reconnects afresh
     with pytest.raises(asyncio.CancelledError):
         await stuck_writer  # and its connection is closed
-    hub.publish([message(999)])
+    await hub.publish([message(999)])
     assert fast.get_nowait() is not None
     await hub.close()
