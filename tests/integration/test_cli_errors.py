@@ -12,10 +12,10 @@ pytestmark = pytest.mark.timeout(60)
 UNREACHABLE = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "rotation_fsm.cli", *args],
-        env={**os.environ, "REDIS_URL": UNREACHABLE},
+        env={**os.environ, "REDIS_URL": UNREACHABLE, **env},
         capture_output=True,
         text=True,
         timeout=30,
@@ -50,13 +50,13 @@ def test_set_of_a_value_redis_cannot_carry_is_refused():
 
 
 def test_acl_refuses_a_book_the_engine_refuses():
-    done = cli("acl", "--books", "a,{b}")
+    done = cli("acl", "--books", "a,{b}", "--password-env", "PW", PW="good-pass")
     assert_one_line(done, "GOV_BOOKS")
     assert done.stdout == ""
 
 
-@pytest.mark.parametrize("password", ["a b", 'a"b', "a'b", "a\\b", "a\tb", ""])
+@pytest.mark.parametrize("password", ["a b", 'a"b', "a'b", "a\\b", "a\tb"])
 def test_acl_refuses_a_password_redis_cli_would_split_or_unquote(password):
-    done = cli("acl", "--password", password)
+    done = cli("acl", "--password-env", "PW", PW=password)
     assert_one_line(done, "password")
     assert done.stdout == ""

@@ -52,7 +52,7 @@ def test_the_target_line_masks_the_redis_password():
     settings = load_settings({"REDIS_URL": "redis://gov:s3cret@db.example:6380/2"})
     line = target(settings)
     assert "s3cret" not in line
-    assert line == "redis redis://***@db.example:6380/2, book (default)"
+    assert line == "redis redis://gov:***@db.example:6380/2, book (default)"
 
 
 def acl_args(**given: str | None) -> argparse.Namespace:
