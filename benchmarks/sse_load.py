@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -23,7 +22,8 @@ from redis.asyncio import Redis
 
 from rotation_fsm.keys import Keys
 from rotation_fsm.redis_process import RedisProcess, free_port
-from tests.stubs import plan_fields
+
+from .rig import plan_fields
 
 CLIENTS_SCRIPT = """
 import asyncio, sys, aiohttp
@@ -83,21 +83,23 @@ async def measure(url: str, keys: Keys, tag: str, rate: float, seconds: float, b
         n = 0
         while time.monotonic() - start < seconds:
             plan_id = f"{tag}-s{n}"
-            steady[plan_id] = entry_ms(await redis.xadd(keys.plans, plan_fields(plan_id)))
+            steady[plan_id] = entry_ms(
+                await redis.xadd(keys.plans, plan_fields(plan_id, "BTCUSDT"))
+            )
             n += 1
             await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
         steady_ms = await latencies(redis, keys, steady)
         burst_ids: dict[str, int] = {}
         async with redis.pipeline(transaction=False) as pipe:
             for i in range(burst):
-                pipe.xadd(keys.plans, plan_fields(f"{tag}-b{i}"))
+                pipe.xadd(keys.plans, plan_fields(f"{tag}-b{i}", "BTCUSDT"))
             for i, eid in enumerate(await pipe.execute()):
                 burst_ids[f"{tag}-b{i}"] = entry_ms(eid)
         burst_ms = await latencies(redis, keys, burst_ids)
         after: dict[str, int] = {}
         for i in range(int(rate)):
             plan_id = f"{tag}-a{i}"
-            after[plan_id] = entry_ms(await redis.xadd(keys.plans, plan_fields(plan_id)))
+            after[plan_id] = entry_ms(await redis.xadd(keys.plans, plan_fields(plan_id, "BTCUSDT")))
             await asyncio.sleep(1 / rate)
         after_ms = await latencies(redis, keys, after)
     finally:
@@ -137,8 +139,13 @@ def run(clients: int, args: argparse.Namespace) -> str:
         subprocess.Popen(["cat"], stdin=engine.stderr, stdout=subprocess.DEVNULL)
         if clients:
             pages = subprocess.Popen(
-                [sys.executable, "-c", CLIENTS_SCRIPT, f"http://127.0.0.1:{port}/api/console/events",
-                 str(clients)],
+                [
+                    sys.executable,
+                    "-c",
+                    CLIENTS_SCRIPT,
+                    f"http://127.0.0.1:{port}/api/console/events",
+                    str(clients),
+                ],
                 stdout=subprocess.PIPE,
                 text=True,
             )
@@ -146,8 +153,9 @@ def run(clients: int, args: argparse.Namespace) -> str:
             opened = pages.stdout.readline().strip()
         else:
             opened = "0"
-        figures = asyncio.run(measure(server.url, Keys(), f"c{clients}", args.rate, args.seconds,
-                                      args.burst))
+        figures = asyncio.run(
+            measure(server.url, Keys(), f"c{clients}", args.rate, args.seconds, args.burst)
+        )
         return f"{clients:>5} pages ({opened} open): {figures}"
     finally:
         if pages is not None:
@@ -172,5 +180,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    statistics.mean([0])
     sys.exit(main())
