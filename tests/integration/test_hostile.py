@@ -111,3 +111,11 @@ async def test_the_intent_simulator_survives_a_redis_restart(redis_factory):
         stop.set()
         await task
         await redis.aclose()
+
+
+async def test_the_engine_logs_json_objects_when_asked(stack: Stack, engine_process):
+    proc = await engine_process(stack.env(GOV_LOG_FORMAT="json", METRICS_PORT="0"))
+    record = json.loads(proc.log_lines[-1])
+    assert record["logger"] == "rotation_fsm.service" and record["level"] == "INFO"
+    assert record["msg"].startswith("rotation-fsm running")
+    assert all(json.loads(line) for line in proc.log_lines)  # every line an object
