@@ -487,7 +487,7 @@ def _load(env: Mapping[str, str]) -> Settings:
             count(MAX_TTL_S * 1000, low=1, unit="milliseconds"),
         ),
         retention_s=_number(env, "GOV_RETENTION_S", "604800", duration(MAX_RETENTION_S, low=1)),
-        heartbeat_s=_number(env, "GOV_HEARTBEAT_S", "5", duration(DAY_S, low=0.1)),
+        heartbeat_s=_number(env, "GOV_HEARTBEAT_S", "5", duration(DAY_S)),
         env_rule_names=frozenset(name for name in RULE_SPECS if name in env),
         log_format=_simple(env, "GOV_LOG_FORMAT", "text", _log_format, "text or json"),
         sse_max_clients=_number(env, "GOV_SSE_MAX_CLIENTS", "100", count(10_000)),
