@@ -31,6 +31,7 @@ class Health:
 
     redis_ok: bool = False
     redis_out_of_memory: bool = False  # Redis answers but refuses writes (maxmemory)
+    down: dict[str, str] = field(default_factory=dict)  # failing loop → its error
     groups_ok: bool = False
     last_error: str = ""
     stores: dict[str, Store] = field(default_factory=dict)

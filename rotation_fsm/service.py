@@ -172,6 +172,7 @@ async def supervise(
             if not out_of_memory and not is_redis_down(exc):
                 raise
             health.redis_ok = False
+            health.down[name] = str(exc)
             health.redis_out_of_memory = out_of_memory
             health.last_error = f"{name}: {type(exc).__name__}: {exc}"
             metrics.redis_up.set(0)
@@ -218,6 +219,8 @@ def _book_run(settings: Settings, book: Book, redis: AnyRedis, reader: AnyRedis)
 def _loops(run: BookRun, running: Running, ready: set[str], total: int) -> list[Awaitable[None]]:
     """The supervised listener and timer of one book."""
     health, metrics, stop = running.health, running.metrics, running.stop
+    tag = f"[{run.name}]" if run.name else ""
+    listener, timer, heartbeat = f"listener{tag}", f"timer{tag}", f"heartbeat{tag}"
 
     async def listen_step() -> None:
         if run.name not in ready:
@@ -226,25 +229,25 @@ def _loops(run: BookRun, running: Running, ready: set[str], total: int) -> list[
             ready.add(run.name)
             health.groups_ok = len(ready) == total
         await run.listener.run_once(block_ms=run.listener.block_ms)
-        _mark_up(health, metrics)
+        _mark_up(health, metrics, listener)
 
     async def timer_step() -> None:
         fired = await run.timer.run_once()
-        _mark_up(health, metrics)
+        _mark_up(health, metrics, timer)
         if fired < run.timer.batch:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=run.timer.interval_s)
 
     async def heartbeat_step() -> None:
         await run.heartbeat.beat(run.engine.rules, run.engine.clock())
+        _mark_up(health, metrics, heartbeat)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=run.heartbeat.interval_s)
 
-    tag = f"[{run.name}]" if run.name else ""
     return [
-        supervise(f"listener{tag}", listen_step, stop, health, metrics),
-        supervise(f"timer{tag}", timer_step, stop, health, metrics),
-        supervise(f"heartbeat{tag}", heartbeat_step, stop, health, metrics),
+        supervise(listener, listen_step, stop, health, metrics),
+        supervise(timer, timer_step, stop, health, metrics),
+        supervise(heartbeat, heartbeat_step, stop, health, metrics),
     ]
 
 
@@ -347,8 +350,11 @@ async def _listen(runner: web.AppRunner, host: str, port: int) -> int:
     return int(runner.addresses[0][1]) if runner.addresses else port
 
 
-def _mark_up(health: Health, metrics: Metrics) -> None:
-    if not health.redis_ok:
+def _mark_up(health: Health, metrics: Metrics, loop: str) -> None:
+    """`loop` reached Redis; ready again once no loop is failing (a Redis out of
+    memory still serves reads, so the timer succeeds while every commit fails)."""
+    health.down.pop(loop, None)
+    if not health.redis_ok and not health.down:
         health.redis_ok = True
         health.redis_out_of_memory = False
         health.last_error = ""
