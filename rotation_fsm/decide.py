@@ -527,16 +527,21 @@ def _correlation_block(ctx: _Ctx) -> list[Effect] | None:
     return _answer(ctx, R.BLOCK, R.CORRELATION_TOO_HIGH)
 
 
-def _rotate_or_block(ctx: _Ctx) -> list[Effect]:
-    plan, view, rules, market, now_ms = ctx.plan, ctx.view, ctx.rules, ctx.market, ctx.now_ms
-    # Never the plan's own symbol, one already being closed, one a rotation waits to
-    # open, or one reserved for an entry on its way.
-    excluded = (
-        frozenset({plan.symbol})
+def rotation_exclusions(symbol: str, view: BookView) -> frozenset[str]:
+    """The positions a rotation for an entry into `symbol` may never close: the plan's
+    own symbol, one a rotation is already closing, one a rotation waits to open, and
+    one reserved for an entry on its way."""
+    return (
+        frozenset({symbol})
         | view.rotation_targets()
         | view.rotation_entries()
         | frozenset(view.reservations)
     )
+
+
+def _rotate_or_block(ctx: _Ctx) -> list[Effect]:
+    plan, view, rules, market, now_ms = ctx.plan, ctx.view, ctx.rules, ctx.market, ctx.now_ms
+    excluded = rotation_exclusions(plan.symbol, view)
     target = weakest(market.positions or [], now_ms, excluded=excluded)
     if target is None:
         return _answer(ctx, R.BLOCK, R.NO_ROTATION_CANDIDATE)
@@ -864,6 +869,43 @@ def decide_one(
     raise TypeError(f"unknown input {item!r}")
 
 
+class Gate(msgspec.Struct, frozen=True, kw_only=True):
+    """The slots gate as the core applies it to one OPEN plan: the numbers it looked
+    at and the check that decided. `explain` and the console render this record
+    instead of working the gate out again, so they cannot drift from the core."""
+
+    verdict: str
+    reason: str
+    reading: RegimeReading
+    desired_slots: int
+    occupied: frozenset[str]
+    free: int
+    #: positions a rotation for this plan may never close
+    excluded: frozenset[str]
+    #: the weakest position outside `excluded`: the close target if the plan rotates
+    candidate: Position | None
+
+
+def gate(plan: Plan, view: BookView, market: Market, rules: Rules, now_ms: int) -> Gate:
+    """The gate `decide_one` applies to `plan` on this view and market, as a record.
+
+    Runs the same checks (`decide_plan`) and keeps their numbers; nothing is applied
+    to `view`."""
+    ctx = _Ctx(view, market, rules, now_ms, plan, entry_id="")
+    decided = next(e.decision for e in decide_plan(ctx) if isinstance(e, Decided))
+    excluded = rotation_exclusions(plan.symbol, view)
+    return Gate(
+        verdict=decided.decision,
+        reason=decided.reason,
+        reading=ctx.reading,
+        desired_slots=ctx.desired,
+        occupied=ctx.taken,
+        free=ctx.free,
+        excluded=excluded,
+        candidate=weakest(market.positions or [], now_ms, excluded=excluded),
+    )
+
+
 class UnknownRotation(KeyError):
     """An operator named a rotation id the book does not have."""
 
@@ -929,6 +971,7 @@ __all__ = [
     "Effect",
     "Emit",
     "ForgetDeadline",
+    "Gate",
     "Input",
     "Market",
     "PlanIn",
@@ -943,4 +986,6 @@ __all__ = [
     "ViewAsOf",
     "decide_batch",
     "decide_one",
+    "gate",
+    "rotation_exclusions",
 ]

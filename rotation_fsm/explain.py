@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 
 from . import reasons as R
 from .audit import AuditBatch, entry_body
-from .decide import BookView, Decided, Input, PlanIn, decide_one, start_batch
+from .decide import BookView, Decided, Input, PlanIn, decide_one, gate, start_batch
 from .diagram import render_path
 from .keys import Keys
 from .messages import (
@@ -53,7 +53,7 @@ from .regime import (
 from .replay import Recorded, Unreadable, id_key, open_book, parse_audit, settings_for
 from .settings import Rules, SettingError
 from .shortid import AmbiguousId, resolve_id
-from .slots import PolicyError, desired_slots, occupied, parse_universe, weakest
+from .slots import PolicyError, desired_slots, occupied, parse_universe
 from .snapshot import Market
 from .store import AnyRedis
 from .timeline import (
@@ -93,13 +93,12 @@ _SLOTS_VAR = {
 def plan_facts(
     plan: Plan, view: BookView, market: Market, rules: Rules, now_ms: int
 ) -> dict[str, Any]:
-    """Every number the slots gate could look at for `plan`, as the core would see them."""
-    reading = market.reading(plan.symbol)
-    desired = desired_slots(reading.regime, rules)
+    """Every number the slots gate looked at for `plan`, from the core's own record of
+    it (`decide.gate`), made JSON-ready."""
+    applied = gate(plan, view, market, rules, now_ms)
+    reading, desired, candidate = applied.reading, applied.desired_slots, applied.candidate
     targets = sorted(view.rotation_targets())
-    taken = sorted(occupied(market.open_symbols, view.reservations, targets))
-    excluded = frozenset({plan.symbol, *targets, *view.reservations})
-    candidate = weakest(market.positions or [], now_ms, excluded=excluded)
+    taken = sorted(applied.occupied)
     facts: dict[str, Any] = {
         "symbol": plan.symbol,
         "action": plan.action,
@@ -118,7 +117,10 @@ def plan_facts(
         "reserved": sorted(view.reservations),
         "rotation_targets": targets,
         "occupied": taken,
-        "free": max(0, desired - len(taken)),
+        "free": applied.free,
+        "excluded": sorted(applied.excluded),
+        "verdict": applied.verdict,
+        "check": applied.reason,
         "in_flight": len(view.inflight),
         "max_concurrent_rotations": rules.max_concurrent_rotations,
         "candidate": None,
