@@ -117,3 +117,14 @@ async def test_live_pages_beyond_the_cap_are_answered_503(redis_client: Redis):
         async with http.get(f"{url}/api/console/events") as second:
             assert second.status == 503 and second.headers["Retry-After"]
             assert "GOV_SSE_MAX_CLIENTS" in (await second.json())["error"]
+
+
+async def test_a_setting_redis_cannot_carry_is_refused_over_http(base: str, redis_client: Redis):
+    url = f"{base}/api/settings/GOV_RESERVATION_TTL"
+    async with (
+        aiohttp.ClientSession() as http,
+        http.put(url, json={"value": "1e17"}, headers=AUTH) as r,
+    ):
+        assert r.status == 409
+        assert "GOV_RESERVATION_TTL='1e17'" in (await r.json())["error"]
+    assert await redis_client.hgetall(Keys().settings) == {}
