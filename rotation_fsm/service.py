@@ -13,7 +13,6 @@ import contextlib
 import errno
 import logging
 import os
-import random
 import signal
 import socket
 import traceback
@@ -47,6 +46,7 @@ from .keys import Keys
 from .listener import Listener
 from .logs import SECRETS, mask_credentials, setup_logging
 from .metrics import Metrics
+from .retry import Backoff, wait_or_stop
 from .settings import Book, SettingError, Settings
 from .store import AnyRedis, Store
 from .timer import Timer
@@ -162,11 +162,11 @@ async def supervise(
     metrics: Metrics,
 ) -> None:
     """Run `step` until stop; on a Redis outage mark not ready and retry with backoff."""
-    delay = 0.1
+    backoff = Backoff(first_s=0.2, cap_s=5.0)
     while not stop.is_set():
         try:
             await step()
-            delay = 0.1
+            backoff.reset()
         except Exception as exc:
             out_of_memory = is_redis_out_of_memory(exc)
             if not out_of_memory and not is_redis_down(exc):
@@ -177,10 +177,9 @@ async def supervise(
             health.last_error = f"{name}: {type(exc).__name__}: {exc}"
             metrics.redis_up.set(0)
             metrics.redis_out_of_memory.set(1 if out_of_memory else 0)
-            log.warning("redis unavailable in %s, retrying in %.1fs: %s", name, delay, exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
-            delay = min(5.0, delay * 2) * (0.8 + 0.4 * random.random())
+            delay_s = backoff.next_s()
+            log.warning("redis unavailable in %s, retrying in %.1fs: %s", name, delay_s, exc)
+            await wait_or_stop(stop, delay_s)
 
 
 def _book_run(settings: Settings, book: Book, redis: AnyRedis, reader: AnyRedis) -> BookRun:
@@ -235,14 +234,12 @@ def _loops(run: BookRun, running: Running, ready: set[str], total: int) -> list[
         fired = await run.timer.run_once()
         _mark_up(health, metrics, timer)
         if fired < run.timer.batch:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=run.timer.interval_s)
+            await wait_or_stop(stop, run.timer.interval_s)
 
     async def heartbeat_step() -> None:
         await run.heartbeat.beat(run.engine.rules, run.engine.clock())
         _mark_up(health, metrics, heartbeat)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=run.heartbeat.interval_s)
+        await wait_or_stop(stop, run.heartbeat.interval_s)
 
     return [
         supervise(listener, listen_step, stop, health, metrics),

@@ -15,6 +15,7 @@ import sys
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from rotation_fsm.retry import Backoff, wait_or_stop
 from services.entry import run_main
 
 from .simulator import REDIS_DOWN, IntentSimulator, SimConfig, load_config
@@ -23,7 +24,7 @@ from .simulator import REDIS_DOWN, IntentSimulator, SimConfig, load_config
 async def until_consumed(redis: Redis, config: SimConfig, stop: asyncio.Event) -> None:
     """Return once the plan stream has a consumer group (or `stop` is set)."""
     waiting_said = redis_said = False
-    delay_s = 0.1
+    backoff = Backoff(first_s=0.2, cap_s=1.0)
     while not stop.is_set():
         try:
             if await redis.exists(config.keys.plans) and await redis.xinfo_groups(
@@ -37,9 +38,7 @@ async def until_consumed(redis: Redis, config: SimConfig, stop: asyncio.Event) -
             if not redis_said:
                 print(f"intent-simulator: waiting for redis: {exc}", file=sys.stderr)
                 redis_said = True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=delay_s)
-        delay_s = min(1.0, delay_s * 2)
+        await wait_or_stop(stop, backoff.next_s())
 
 
 async def _main(config: SimConfig) -> int:

@@ -30,6 +30,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rotation_fsm.keys import Keys
+from rotation_fsm.retry import Backoff, wait_or_stop
 from rotation_fsm.settings import load_settings
 from services.entry import setting
 from services.paper_exchange.apply import REFERENCE_PRICES, reference_price
@@ -262,15 +263,12 @@ class IntentSimulator:
         `stop`), then seed the policy again if a restart without persistence lost it."""
         self.outages += 1
         print(f"intent-simulator: redis unavailable, waiting: {exc}", file=sys.stderr, flush=True)
-        delay_s = 0.1
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay_s)
+        backoff = Backoff(first_s=0.2, cap_s=2.0)
+        while not await wait_or_stop(stop, backoff.next_s()):
             try:
                 if not await self.redis.exists(self.config.keys.policy):
                     await self.seed_policy()
             except REDIS_DOWN:
-                delay_s = min(2.0, delay_s * 2)
                 continue
             print("intent-simulator: redis is back, publishing again", file=sys.stderr, flush=True)
             return

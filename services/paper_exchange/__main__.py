@@ -36,6 +36,7 @@ from redis.asyncio import Redis
 
 from rotation_fsm.keys import Keys
 from rotation_fsm.regime import Regime
+from rotation_fsm.retry import Backoff, wait_or_stop
 from rotation_fsm.settings import load_settings
 from services.entry import run_main, setting
 
@@ -159,16 +160,14 @@ async def serve(
 
 async def _until_group(loop: ApplyLoop, stop: asyncio.Event) -> None:
     """Create the apply group, waiting Redis out (compose may start us first)."""
-    delay_s = 0.1
+    backoff = Backoff(first_s=0.2, cap_s=5.0)
     while not stop.is_set():
         try:
             await loop.ensure_group()
             return
         except REDIS_DOWN as exc:
             print(f"paper-exchange: waiting for redis: {exc}", file=sys.stderr, flush=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay_s)
-            delay_s = min(5.0, delay_s * 2)
+            await wait_or_stop(stop, backoff.next_s())
 
 
 def _announce(config: PaperConfig) -> Callable[[int], None]:

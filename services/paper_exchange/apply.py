@@ -38,6 +38,7 @@ from rotation_fsm.keys import Keys
 from rotation_fsm.market import Kline
 from rotation_fsm.messages import CLOSE_ACTIONS, BadEntry, as_text, decode_fields
 from rotation_fsm.regime import Regime
+from rotation_fsm.retry import Backoff, wait_or_stop
 from rotation_fsm.settings import parse_bool
 
 from .book import PaperBook, synthetic_klines
@@ -267,21 +268,20 @@ class ApplyLoop:
     async def run(self, stop: asyncio.Event, *, block_ms: int = 1000) -> None:
         """Read and answer decisions until `stop`; orders waiting out their latency
         finish before it returns."""
-        delay_s = 0.1
+        backoff = Backoff(first_s=0.2, cap_s=5.0)
         try:
             while not stop.is_set():
                 try:
                     await self.ensure_group()
-                    delay_s = 0.1
+                    backoff.reset()
                     while not stop.is_set():
                         await self.read_once(block_ms=block_ms)
                 except REDIS_DOWN as exc:
                     # Wait Redis out like the engine does; unanswered decisions stay
                     # pending in the group and are answered after it returns.
+                    delay_s = backoff.next_s()
                     log.warning("redis unavailable, retrying in %.1f s: %s", delay_s, exc)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=delay_s)
-                    delay_s = min(5.0, delay_s * 2)
+                    await wait_or_stop(stop, delay_s)
                     self._pending_done = False
         finally:
             await self.drain()
