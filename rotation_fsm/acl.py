@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Any
 
+from .errors import RotationFsmError
 from .settings import load_settings
 
 ENGINE_COMMANDS = (
@@ -92,7 +93,7 @@ def setuser_line(
     return "ACL SETUSER " + " ".join(setuser_args(user, password, books))
 
 
-class NoPassword(Exception):
+class NoPassword(RotationFsmError):
     """No way to read the password was given or worked; the message says which."""
 
 

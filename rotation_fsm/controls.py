@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from .audit import SettingChange, setting_entry
 from .decide import Abort, Extend, UnknownRotation
 from .engine import BookEngine, wall_ms
+from .errors import RotationFsmError
 from .keys import Keys
 from .logs import clean, mask_credentials
 from .machine import IllegalTransition
@@ -43,7 +44,7 @@ from .timeline import iso_ms, to_json
 DEADLINE_FROM_NOW = duration(low=0.0)
 
 
-class Refused(Exception):
+class Refused(RotationFsmError):
     """A control that cannot be applied; the message says why."""
 
 

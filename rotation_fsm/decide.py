@@ -17,6 +17,7 @@ from functools import cached_property
 import msgspec
 
 from . import reasons as R
+from .errors import RotationFsmError
 from .machine import FINAL, IN_FLIGHT, State, Trigger, fire
 from .market import Position
 from .messages import (
@@ -906,7 +907,7 @@ def gate(plan: Plan, view: BookView, market: Market, rules: Rules, now_ms: int) 
     )
 
 
-class UnknownRotation(KeyError):
+class UnknownRotation(RotationFsmError, KeyError):
     """An operator named a rotation id the book does not have."""
 
 

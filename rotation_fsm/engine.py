@@ -29,6 +29,7 @@ from .decide import (
     SaveRotation,
     decide_batch,
 )
+from .errors import RotationFsmError
 from .market import Account, Kline, Position
 from .settings import Rules, overlay
 from .snapshot import build_market
@@ -50,7 +51,7 @@ class Exchange(Protocol):
     async def klines(self, symbol: str) -> list[Kline]: ...
 
 
-class CommitConflict(RuntimeError):
+class CommitConflict(RotationFsmError, RuntimeError):
     """The book kept moving under us for every retry: another replica is very busy."""
 
 

@@ -24,6 +24,7 @@ import aiohttp
 import msgspec
 from yarl import URL
 
+from .errors import RotationFsmError
 from .market import Account, Kline, Position
 
 POSITION_RISK = "/fapi/v2/positionRisk"
@@ -43,7 +44,7 @@ MIN_ATTEMPT_S = 0.05
 DETAIL_MAX_CHARS = 120
 
 
-class ExchangeUnavailable(Exception):
+class ExchangeUnavailable(RotationFsmError):
     """The exchange gave no usable answer: names the endpoint, the HTTP status (if any)
     and a short reason — never a credential, a signature or a signed query string."""
 

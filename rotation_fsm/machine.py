@@ -14,6 +14,8 @@ from typing import Any
 
 from transitions import Machine
 
+from .errors import RotationFsmError
+
 
 class State(StrEnum):
     IDLE = "IDLE"
@@ -62,7 +64,7 @@ TRANSITIONS: list[dict[str, Any]] = [
 # fmt: on
 
 
-class IllegalTransition(Exception):
+class IllegalTransition(RotationFsmError):
     """A trigger that has no edge from the record's state."""
 
     def __init__(self, state: str, trigger: str) -> None:

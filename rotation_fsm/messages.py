@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from .errors import RotationFsmError
 from .settings import parse_bool
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
@@ -31,7 +32,7 @@ RESULT_BOOLS = ("executed", "reduceOnly")
 MAX_QTY = float(2**53)
 
 
-class BadEntry(ValueError):
+class BadEntry(RotationFsmError, ValueError):
     """A stream entry that cannot be used; goes to the dead-letter stream."""
 
 

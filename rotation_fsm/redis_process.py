@@ -32,6 +32,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .errors import RotationFsmError
+
 __all__ = [
     "RedisProcess",
     "RedisProcessError",
@@ -53,7 +55,7 @@ _PORT_IN_USE = "Address already in use"
 _VERSION_RE = re.compile(rb"v=(\d+\.\d+\.\d+)")
 
 
-class RedisProcessError(RuntimeError):
+class RedisProcessError(RotationFsmError, RuntimeError):
     """A redis-server could not be found, started or queried."""
 
 

@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 
 from .audit import AuditBatch, AuditEntry, SettingChange, decided_of, parse_entry
 from .decide import Abort, Decided, Effect, Emit, Extend, Market, SaveRotation, Tick
+from .errors import RotationFsmError
 from .keys import Keys
 from .machine import IN_FLIGHT, Trigger, is_legal
 from .memory import MemoryBook
@@ -57,7 +58,7 @@ _ID = re.compile(r"^\d+(-\d+)?$")
 SHOWN = 10  # ids listed in one line of text output before "and N more"
 
 
-class Unreadable(Exception):
+class Unreadable(RotationFsmError):
     """Input replay cannot use; the message names the file line or the entry id."""
 
 

@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
+from .errors import RotationFsmError
 from .logs import mask_credentials
 
 T = TypeVar("T")
@@ -28,7 +29,7 @@ TRUE_WORDS = frozenset({"true", "1"})
 FALSE_WORDS = frozenset({"false", "0"})
 
 
-class SettingError(ValueError):
+class SettingError(RotationFsmError, ValueError):
     """A configuration value that cannot be used; the message names the variable."""
 
     def __init__(self, name: str, value: str, expected: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import RotationFsmError
 from .keys import Keys
 from .messages import as_text
 from .store import AnyRedis
@@ -21,7 +22,7 @@ SHOWN = 10
 _GLOB_SPECIAL = "\\*?[]"
 
 
-class AmbiguousId(LookupError):
+class AmbiguousId(RotationFsmError, LookupError):
     """A prefix that names more than one plan or rotation."""
 
     def __init__(self, given: str, candidates: list[str]) -> None:

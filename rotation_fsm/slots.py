@@ -13,6 +13,7 @@ import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 
+from .errors import RotationFsmError
 from .market import Account, Position
 from .regime import Regime
 from .settings import Rules
@@ -68,7 +69,7 @@ def too_correlated(row: Mapping[str, float | None], limit: float) -> tuple[str, 
     return None
 
 
-class PolicyError(ValueError):
+class PolicyError(RotationFsmError, ValueError):
     """The policy hash has no usable universe."""
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import aiohttp
 
+from .errors import RotationFsmError
 from .keys import Keys
 from .prometheus_config import RULES, config_text, find_prometheus, prometheus_argv
 from .redis_process import RedisProcess, _die_with_parent, find_redis_server, free_port
@@ -52,7 +53,7 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 8.0
 
 
-class StackError(RuntimeError):
+class StackError(RotationFsmError, RuntimeError):
     """A service did not come up."""
 
 

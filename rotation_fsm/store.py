@@ -43,6 +43,7 @@ from .decide import (
     Unhold,
     ViewAsOf,
 )
+from .errors import RotationFsmError
 from .keys import BLOCK_TTL_S, PERMIT_TTL_S, Keys
 from .machine import IN_FLIGHT
 from .messages import (
@@ -413,7 +414,7 @@ class Store:
 DEL_CHUNK = 500
 
 
-class CommitRefused(ValueError):
+class CommitRefused(RotationFsmError, ValueError):
     """The commit script refused a batch before writing anything (a value out of range)."""
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from ..errors import RotationFsmError
 from ..messages import as_text_lenient, fields_text
 from ..store import Store
 
@@ -49,7 +50,7 @@ HEARTBEAT = b": heartbeat\n\n"
 DEFAULT_MAX_CLIENTS = 100
 
 
-class HubFull(Exception):
+class HubFull(RotationFsmError):
     """As many pages as allowed are already open."""
 
 
