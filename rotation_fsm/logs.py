@@ -31,15 +31,19 @@ _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@\s:]
 # `?password=…`, `&token=…`, `api_key=…` and the like, in a URL or a `key=value` line.
 _SECRET_PARAM = re.compile(
     r"(?P<name>\b(?:password|passwd|pass|pwd|secret|token|access_token|auth|"
-    r"api[_-]?key|apikey|api[_-]?secret|key|signature|sig|credentials?)=)[^&#\s,;]*",
+    r"api[_-]?key|apikey|api[_-]?secret|key|listen[_-]?key|signature|sig|credentials?)=)"
+    r"[^&#\s,;]*",
     re.IGNORECASE,
 )
+# Binance's older user-data stream URL carries the listen key as its last path part.
+_LISTEN_KEY_PATH = re.compile(r"(?P<head>/ws/)[A-Za-z0-9]{32,}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x80-\x9f\u2028\u2029]")
 
 
 def mask_credentials(text: str) -> str:
-    """`text` with the password of every `scheme://user:pass@` and the value of every
-    credential-like parameter (`password=`, `token=`, `key=`…) replaced by `***`."""
+    """`text` with the password of every `scheme://user:pass@`, the value of every
+    credential-like parameter (`password=`, `token=`, `key=`, `listenKey=`…) and a
+    listen key in a `/ws/<key>` path replaced by `***`."""
 
     def userinfo(match: re.Match[str]) -> str:
         had_password = match.group(0).count(":") > 1 or not match.group("user")
@@ -49,6 +53,7 @@ def mask_credentials(text: str) -> str:
         return f"{match.group('scheme')}{MASK}@"
 
     text = _USERINFO.sub(userinfo, text)
+    text = _LISTEN_KEY_PATH.sub(lambda m: m.group("head") + MASK, text)
     return _SECRET_PARAM.sub(lambda m: m.group("name") + MASK, text)
 
 

@@ -73,6 +73,8 @@ def test_json_format_writes_one_object_per_line(stream):
         ("https://api.example/ws?token=hunter2pw", "hunter2pw"),
         ("wss://fstream.example/ws?listenKey=ok&access_token=hunter2pw", "hunter2pw"),
         ("secret=hunter2pw in a sentence", "hunter2pw"),
+        ("wss://fstream.example/private/ws?listenKey=pqrs0123456789abcdef", "pqrs0123456789abcdef"),
+        ("wss://fstream.example/ws/" + "Ab12" * 15, "Ab12" * 15),
     ],
 )
 def test_every_credential_form_in_a_url_is_masked(url, secret):
