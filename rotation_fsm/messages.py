@@ -134,7 +134,12 @@ def repeated_names_error(fields: Mapping[Any, Any]) -> str | None:
     )
 
 
-def decode_fields(raw: dict[bytes, bytes] | dict[str, str]) -> dict[str, str]:
+#: a stream entry's or a hash's fields as redis-py returns them (bytes, or text when
+#: the client decodes responses)
+RawFields = Mapping[bytes, bytes] | Mapping[str, str] | Mapping[bytes | str, bytes | str]
+
+
+def decode_fields(raw: RawFields) -> dict[str, str]:
     """Decode one entry's fields strictly as UTF-8; raise BadEntry naming the field."""
     out: dict[str, str] = {}
     for key, value in raw.items():
@@ -395,7 +400,7 @@ def rotation_to_hash(record: RotationRecord) -> dict[str, str]:
     return out
 
 
-def rotation_from_hash(raw: dict[bytes, bytes] | dict[str, str]) -> RotationRecord:
+def rotation_from_hash(raw: RawFields) -> RotationRecord:
     """A rotation record from its hash; raises BadEntry if it is not one."""
     fields = decode_fields(raw)
     data: dict[str, Any] = {}
