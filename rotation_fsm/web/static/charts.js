@@ -159,7 +159,8 @@
     rotations: {
       title: "Rotations per 5 s",
       series: [
-        series("started", "#2563eb", STEPPED),
+        // Wider, underneath: a rotation started and confirmed in one bucket shows both.
+        series("started", "#2563eb", { ...STEPPED, width: 4 }),
         series("confirmed", "#15803d", STEPPED),
         series("timed out", "#b91c1c", STEPPED),
       ],
