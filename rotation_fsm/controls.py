@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from redis.exceptions import RedisError
 
@@ -25,7 +25,7 @@ from .keys import Keys
 from .logs import clean, mask_credentials
 from .machine import IllegalTransition
 from .market import Account, Kline, Position
-from .messages import RotationRecord
+from .messages import RotationRecord, as_text, fields_text
 from .settings import (
     RULE_SPECS,
     SettingError,
@@ -101,7 +101,7 @@ class Controls:
     async def _change(self, name: str, new: str | None, by: str) -> str | None:
         """Write (or, `new` None, delete) one live setting with its audit entry."""
         raw = await self.redis.hget(self.keys.settings, name)
-        old = raw.decode() if raw is not None else None
+        old = as_text(raw) if raw is not None else None
         change = SettingChange(now_ms=wall_ms(), key=name, old=old, new=new, by=by)
         async with self.redis.pipeline(transaction=True) as pipe:
             if new is None:
@@ -110,7 +110,7 @@ class Controls:
                 pipe.hset(self.keys.settings, name, new)
             pipe.xadd(
                 self.keys.audit,
-                setting_entry(change),
+                cast("dict[Any, Any]", setting_entry(change)),  # redis-py wants wider keys
                 maxlen=self.settings.audit_maxlen,
                 approximate=True,
             )
@@ -119,10 +119,7 @@ class Controls:
 
     async def show(self) -> dict[str, dict[str, str]]:
         """Each rule: the value in force for this environment, and where it comes from."""
-        live = {
-            k.decode(): v.decode()
-            for k, v in (await self.redis.hgetall(self.keys.settings)).items()
-        }
+        live = fields_text(await self.redis.hgetall(self.keys.settings))
         out: dict[str, dict[str, str]] = {}
         for name in RULE_SPECS:
             env_value = rule_value_text(self.settings.rules, name)

@@ -15,10 +15,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import msgspec
 
 from .keys import Keys
+from .messages import fields_text
 from .settings import RULE_SPECS, Rules, overlay, rule_value_text
 from .store import AnyRedis
 
@@ -94,7 +96,7 @@ class Publisher:
     async def beat(self, in_force: Rules, now_ms: int) -> Heartbeat:
         """Read the live settings, write this replica's record and index entry."""
         raw = await self.redis.hgetall(self.keys.settings)
-        live = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+        live = fields_text(raw, "replace")
         record = Heartbeat(
             consumer=self.consumer,
             book=self.keys.book,
@@ -136,7 +138,9 @@ class Replica:
 
 async def read_replicas(redis: AnyRedis, keys: Keys) -> list[Replica]:
     """Every replica of the book's index, newest beat first, with its record if alive."""
-    scored = await redis.zrevrange(keys.replicas, 0, -1, withscores=True)
+    scored = cast(
+        "list[tuple[bytes, float]]", await redis.zrevrange(keys.replicas, 0, -1, withscores=True)
+    )
     names = [m.decode() if isinstance(m, bytes) else str(m) for m, _ in scored]
     if not names:
         return []

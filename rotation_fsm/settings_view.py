@@ -13,6 +13,7 @@ from typing import Any
 
 from .heartbeat import Replica, disagreements, read_replicas
 from .keys import Keys
+from .messages import fields_text
 from .settings import RULE_SPECS, Settings, rule_value_text
 from .store import AnyRedis
 from .timeline import iso_ms, table
@@ -46,7 +47,7 @@ async def replica_settings(
     """The book's replicas and their settings, as JSON-ready data."""
     replicas = await read_replicas(redis, keys)
     raw = await redis.hgetall(keys.settings)
-    live = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+    live = fields_text(raw, "replace")
     return {
         "book": keys.book,
         "replicas": [_replica_json(r, now_ms) for r in replicas],

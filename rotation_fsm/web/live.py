@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from redis.exceptions import RedisError
 
@@ -151,7 +151,10 @@ class Hub:
         streams = {name: cursors[(book, kind)] for name, kind in names.items()}
         block = BLOCK_MS // max(1, len(self.stores))
         self.reads += 1
-        reply = await store.redis.xread(streams, count=1000, block=block)
+        # redis-py types the stream map with wider keys, and the reply loosely
+        reply: Any = await store.redis.xread(
+            cast("dict[Any, Any]", streams), count=1000, block=block
+        )
         items = reply.items() if isinstance(reply, dict) else reply or []
         messages: list[dict[str, Any]] = []
         for stream, entries in items:
