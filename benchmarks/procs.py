@@ -9,7 +9,6 @@ polling that file for the line the child prints when it is ready.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import signal
@@ -18,10 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+from rotation_fsm.launch import die_with_parent
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-PR_SET_PDEATHSIG = 1
-# Loaded here, not in the forked child: only async-signal-safe work belongs after fork().
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 
@@ -43,7 +41,7 @@ class Child:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent(),
             )
 
     @property
@@ -86,13 +84,6 @@ class Child:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: Linux sends it SIGKILL when the benchmark dies, so an
-    interrupted run (even kill -9) leaves no engine behind retrying a vanished Redis."""
-    if _LIBC is not None:
-        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _tail(text: str, lines: int = 20) -> str:

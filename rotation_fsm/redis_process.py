@@ -16,12 +16,9 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -33,6 +30,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .errors import RotationFsmError
+from .launch import die_with_parent
 
 __all__ = [
     "RedisProcess",
@@ -264,35 +262,6 @@ class _Reaper:
         self.remove_temp_dir()
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn asking Linux to SIGKILL the server when this process dies.
-
-    Covers what atexit cannot: ``os._exit`` (pytest-timeout's thread method) or a
-    SIGKILLed test run. Linux sends it when the *thread* that forked exits, so it is only
-    used from the main thread.
-    """
-    if not sys.platform.startswith("linux") or threading.current_thread() is not (
-        threading.main_thread()
-    ):
-        return None
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)  # loaded before fork, not in the child
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGKILL))
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
-
-
 def _shutdown_nosave(port: int) -> bool:
     """Ask the server on ``port`` to exit now; False if it refused or could not be reached."""
     try:
@@ -487,7 +456,7 @@ class RedisProcess:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # own process group: a terminal ^C does not reach it
-                preexec_fn=_die_with_parent(),
+                preexec_fn=die_with_parent(),
             )
         self._reaper.proc, self._reaper.port = proc, self.port
         try:

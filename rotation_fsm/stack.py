@@ -33,8 +33,9 @@ import aiohttp
 
 from .errors import RotationFsmError
 from .keys import Keys
+from .launch import die_with_parent
 from .prometheus_config import RULES, config_text, find_prometheus, prometheus_argv
-from .redis_process import RedisProcess, _die_with_parent, find_redis_server, free_port
+from .redis_process import RedisProcess, find_redis_server, free_port
 
 #: defaults for a local run, overridden by the environment (docker-compose.yml has the same)
 DEFAULTS: dict[str, str] = {
@@ -87,7 +88,7 @@ class Service:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent(),
+            preexec_fn=die_with_parent(),
         )
         self.relay = asyncio.create_task(self._relay(write))
 
