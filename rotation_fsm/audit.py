@@ -90,20 +90,21 @@ def seed_of(view: BookView) -> ViewSeed:
     """Copy what `view` holds before a batch changes it."""
     policy = view.policy_raw
     text = policy.decode(errors="replace") if isinstance(policy, bytes) else policy
-    seed = ViewSeed(
+    # Copies of the maps, not of the records: the core never changes a record in
+    # place (it makes a new one with `msgspec.structs.replace`), so the seed keeps
+    # what the batch found while the batch puts new records into the view's maps.
+    return ViewSeed(
         version=view.version,
         policy_raw=text,
-        reservations=view.reservations,
-        rotations=view.rotations,
+        reservations=dict(view.reservations),
+        rotations=dict(view.rotations),
         inflight=sorted(view.inflight),
-        plans=view.plans,
-        close_index=view.close_index,
-        entry_confidence=view.entry_confidence,
-        holds=view.holds,
+        plans=dict(view.plans),
+        close_index=dict(view.close_index),
+        entry_confidence=dict(view.entry_confidence),
+        holds=dict(view.holds),
         view_as_of_ms=view.view_as_of_ms,
     )
-    # Deep copy through the encoder: records are mutable structs the batch may replace.
-    return msgspec.json.decode(_encode(seed), type=ViewSeed)
 
 
 def decided_of(effects: Sequence[Effect]) -> list[list[str]]:

@@ -383,16 +383,24 @@ class RotationRecord(msgspec.Struct, kw_only=True):
 
 _JSON_FIELDS = frozenset({"history", "snapshot"})
 _encoder = msgspec.json.Encoder()
+#: one hash field per history step, `history.0`, `history.1`…: each stays under Redis's
+#: `hash-max-listpack-value` (64 bytes), so the hash keeps the compact listpack
+#: encoding; one `history` field of the whole list outgrows it at the third step and
+#: makes the hash a hashtable four times the size.
+HISTORY_STEP = "history."
 
 
 def rotation_to_hash(record: RotationRecord) -> dict[str, str]:
-    """Hash fields of a rotation record (lists as compact JSON)."""
+    """Hash fields of a rotation record (the history one field per step; lists as
+    compact JSON)."""
     out: dict[str, str] = {}
     for name, value in msgspec.structs.asdict(record).items():
-        if name == "snapshot" and not value:
-            continue  # not kept any more (see RotationRecord.snapshot)
-        if name in _JSON_FIELDS:
-            out[name] = _encoder.encode(value).decode()
+        if name == "history":
+            for index, step in enumerate(value):
+                out[f"{HISTORY_STEP}{index}"] = _encoder.encode(step).decode()
+        elif name == "snapshot":
+            if value:  # not kept any more (see RotationRecord.snapshot)
+                out[name] = _encoder.encode(value).decode()
         elif value is None:
             out[name] = ""
         else:
@@ -401,19 +409,28 @@ def rotation_to_hash(record: RotationRecord) -> dict[str, str]:
 
 
 def rotation_from_hash(raw: RawFields) -> RotationRecord:
-    """A rotation record from its hash; raises BadEntry if it is not one."""
+    """A rotation record from its hash; raises BadEntry if it is not one.
+
+    Reads the history from its step fields, or from the one `history` field that
+    hashes written by earlier versions hold.
+    """
     fields = decode_fields(raw)
     data: dict[str, Any] = {}
-    for name, value in fields.items():
-        if name in _JSON_FIELDS:
-            data[name] = msgspec.json.decode(value)
-        elif name == "new_confidence":
-            data[name] = float(value) if value else None
-        else:
-            data[name] = value
+    steps: dict[int, Any] = {}
     try:
+        for name, value in fields.items():
+            if name.startswith(HISTORY_STEP):
+                steps[int(name[len(HISTORY_STEP) :])] = msgspec.json.decode(value)
+            elif name in _JSON_FIELDS:
+                data[name] = msgspec.json.decode(value)
+            elif name == "new_confidence":
+                data[name] = float(value) if value else None
+            else:
+                data[name] = value
+        if steps:
+            data["history"] = [steps[i] for i in sorted(steps)]
         record: RotationRecord = msgspec.convert(data, RotationRecord, strict=False)
-    except msgspec.ValidationError as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
         raise BadEntry(f"rotation record unreadable: {exc}") from None
     return record
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from importlib import resources
+from itertools import chain
 from typing import Any
 
 import msgspec
@@ -101,6 +102,11 @@ class _Batch:
         self.records.append(
             [command, key, *[a if type(a) is str and len(a) <= limit else slow(a) for a in args]]
         )
+
+    def op_text(self, command: str, key: str, args: list[str]) -> None:
+        """`op` for arguments known to be short text (field names and values of
+        records and events): appended as they are, without a look at each."""
+        self.records.append([command, key, *args])
 
     def _arg(self, arg: Any) -> str | int:
         if type(arg) is str:
@@ -341,9 +347,14 @@ class Store:
                 batch.op("SET", k.view_as_of, str(as_of_ms))
             case SetConfidence(symbol=sym, confidence=value):
                 batch.confidence[sym] = repr(value)
+            case Emit(stream="audit", fields=fields):
+                # Only the audit stream is capped by us (contract §7): the others belong
+                # to the trading stack, whose own retention applies. Its body is long:
+                # checked by `op`, so it travels beside the JSON.
+                head = ("MAXLEN", "~", self.audit_maxlen, "*")
+                batch.op("XADD", self.keys.audit, *head, *_flat(fields))
             case Emit(stream=stream, fields=fields):
-                name = self._stream[stream]
-                batch.op("XADD", name, *_maxlen(stream, self.audit_maxlen), "*", *_flat(fields))
+                batch.op_text("XADD", self._stream[stream], ["*", *_flat(fields)])
             case DeadLetter():
                 batch.op("XADD", k.dlq, "*", *_flat(effect.entry()))
                 batch.op("SET", k.dead(effect.stream, effect.entry_id), "1", "PX", self._retention)
@@ -395,7 +406,7 @@ class Store:
         key = k.rotation(rec.rotation_id)
         retention = self._retention
         rid = rec.rotation_id
-        batch.op("HSET", key, *_flat(rotation_to_hash(rec)))
+        batch.op_text("HSET", key, _flat(rotation_to_hash(rec)))
         batch.op("SET", k.close_index(rec.close_plan_id), rid, "PX", retention)
         if rec.state in IN_FLIGHT:
             batch.inflight[rid] = True
@@ -483,17 +494,7 @@ def _reservations(raw: dict[bytes, bytes]) -> dict[str, Reservation]:
 
 
 def _flat(fields: dict[Any, Any]) -> list[Any]:
-    out: list[Any] = []
-    for name, value in fields.items():
-        out.append(name)
-        out.append(value)
-    return out
-
-
-def _maxlen(stream: str, audit_maxlen: int) -> tuple[Any, ...]:
-    # Only the audit stream is capped by us (contract §7); the others belong to
-    # the trading stack, whose own retention applies.
-    return ("MAXLEN", "~", audit_maxlen) if stream == "audit" else ()
+    return list(chain.from_iterable(fields.items()))
 
 
 __all__ = ["BadEntry", "CommitRefused", "Store"]

@@ -174,6 +174,20 @@ async def test_explain_a_rotation_tells_why_its_position_was_closed(run: Run, cl
     assert "class CONFIRMED current" in story["rotation"]["diagram_mermaid"]
 
 
+async def test_explain_a_rotation_lists_the_positions_it_began_with_from_its_audit_entry(
+    run: Run, cli: Cli
+):
+    # The rotation hash keeps no copy of the snapshot: it comes from the audit batch.
+    rotation_id = run.confirmed["rotation_id"]
+    code, out, _ = await cli.redis("explain", rotation_id)
+    assert code == 0
+    table = out.split("positions when it began:", 1)[1].split("Close plan", 1)[0]
+    assert "ETHUSDT" in table and "closed" in table and "BTCUSDT" in table
+    code, out, _ = await cli.redis("explain", rotation_id, "--json")
+    rows = json.loads(out)["rotation"]["snapshot"]
+    assert sorted(row[0] for row in rows) == ["BTCUSDT", "ETHUSDT"]
+
+
 async def test_explain_a_plan_gives_each_decision_with_its_numbers(run: Run, cli: Cli):
     code, out, _ = await cli.redis("explain", "p-free")
     assert code == 0

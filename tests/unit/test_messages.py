@@ -1,8 +1,17 @@
 """Parsing stream entries: every bad entry gets a reason naming the field."""
 
+import json
+
 import pytest
 
-from rotation_fsm.messages import BadEntry, parse_plan, parse_result
+from rotation_fsm.messages import (
+    BadEntry,
+    RotationRecord,
+    parse_plan,
+    parse_result,
+    rotation_from_hash,
+    rotation_to_hash,
+)
 
 GOOD = {b"plan_id": b"p-1", b"symbol": b"BTCUSDT", b"decision": b"EXECUTE"}
 
@@ -68,3 +77,39 @@ def test_result_requires_executed():
         {b"plan_id": b"r", b"symbol": b"S", b"executed": b"false", b"error": b"insufficient margin"}
     )
     assert result.executed is False and result.error == "insufficient margin"
+
+
+def _rotation(steps: int) -> RotationRecord:
+    return RotationRecord(
+        rotation_id="a1b2c3d4e5f67890@1700000000000",
+        state="CLOSE_EMITTED",
+        version=steps,
+        new_plan_id="a1b2c3d4e5f67890",
+        new_symbol="NEWUSDT",
+        new_action="OPEN_LONG",
+        new_confidence=0.9,
+        close_symbol="OLDUSDT",
+        close_plan_id="rot_a1b2c3d4_OLDUSDT",
+        close_weakness=0.05,
+        created_ms=1_700_000_000_000,
+        deadline_ms=1_700_000_120_000,
+        updated_ms=1_700_000_000_000,
+        regime="CHOP",
+        desired_slots=3,
+        history=[[1_700_000_000_000 + i, "extend", "CLOSE_EMITTED"] for i in range(steps)],
+    )
+
+
+def test_every_rotation_hash_field_fits_a_compact_redis_hash() -> None:
+    # Redis keeps a hash as a listpack only while each value is ≤ 64 bytes
+    # (hash-max-listpack-value): a long history must not turn it into a hashtable.
+    fields = rotation_to_hash(_rotation(steps=6))
+    assert max(len(v.encode()) for v in fields.values()) <= 64
+    assert rotation_from_hash(fields) == _rotation(steps=6)
+
+
+def test_a_rotation_hash_with_the_history_in_one_field_is_still_read() -> None:
+    fields = rotation_to_hash(_rotation(steps=3))
+    steps = [json.loads(fields.pop(f"history.{i}")) for i in range(3)]
+    fields["history"] = json.dumps(steps)
+    assert rotation_from_hash(fields) == _rotation(steps=3)
