@@ -124,6 +124,9 @@ class _Ahead:
     task: asyncio.Task[bool]
     inputs: Sequence[Input]
     market: Market
+    # Told when the commit failed (Redis went away), whoever settles it: the listener
+    # re-reads its pending entries; the timer needs nothing (the deadlines stay).
+    on_lost: Callable[[], None] | None = None
 
 
 class BookEngine:
@@ -161,7 +164,9 @@ class BookEngine:
             await self._settle()
             return await self._decide_and_commit(inputs, market)
 
-    async def submit(self, inputs: Sequence[Input]) -> None:
+    async def submit(
+        self, inputs: Sequence[Input], on_lost: Callable[[], None] | None = None
+    ) -> None:
         """Like `handle`, pipelined: decide `inputs` while the previous submission's
         commit is still in flight, then send this commit once that one is known.
 
@@ -204,7 +209,7 @@ class BookEngine:
                 task.add_done_callback(
                     lambda t: self._landed(t, effects, now_ms, len(inputs), version, started)
                 )
-                self._ahead = _Ahead(version, effects, now_ms, task, inputs, market)
+                self._ahead = _Ahead(version, effects, now_ms, task, inputs, market, on_lost)
 
     @property
     def commit_in_flight(self) -> bool:
@@ -229,6 +234,8 @@ class BookEngine:
             applied = await ahead.task
         except BaseException:
             ahead.task.cancel()
+            if ahead.on_lost is not None:
+                ahead.on_lost()
             raise
         if applied:
             return True  # reported by `_landed`

@@ -76,6 +76,7 @@ class Listener:
         self._streams = {keys.plans: "plans", keys.results: "results"}
         self._next_claim = 0.0
         self._failed = False
+        self._commit_lost = False  # a pipelined commit of ours failed, settled by another
         self.handled = 0
 
     async def ensure_groups(self) -> None:
@@ -102,9 +103,9 @@ class Listener:
         After a failure (Redis went away mid-batch) the next call first re-reads
         this consumer's own pending entries: they were delivered but not committed.
         """
-        if self._failed:
+        if self._failed or self._commit_lost:
             pending = True
-        self._failed = True
+        self._failed, self._commit_lost = True, False
         handled = await self._run_once(block_ms=block_ms, pending=pending)
         self._failed = False
         return handled
@@ -178,9 +179,14 @@ class Listener:
                 continue
             inputs.append(to_input(logical, entry_id, fields))
         if inputs:
-            await self.engine.submit(inputs)
+            await self.engine.submit(inputs, on_lost=self._lost)
         self.handled += len(inputs)
         return len(inputs)
+
+    def _lost(self) -> None:
+        """Our commit failed where another task settled it (the timer's batch): its
+        entries are pending on this consumer, to be read again."""
+        self._commit_lost = True
 
     def _stream_name(self, logical: str) -> str:
         return self.keys.plans if logical == "plans" else self.keys.results

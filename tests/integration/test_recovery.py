@@ -14,6 +14,7 @@ from rotation_fsm.keys import Keys
 from rotation_fsm.listener import Listener
 from rotation_fsm.messages import rotation_from_hash
 from rotation_fsm.store import Store
+from rotation_fsm.timer import Timer
 from tests.integration.harness import Stack, open_stack
 from tests.stubs import UNIVERSE, StubExchange, plan_fields, rules
 
@@ -138,3 +139,33 @@ async def test_a_pipelined_commit_that_fails_is_redone_before_the_listener_waits
         "max": None,
         "consumers": [],
     }
+
+
+async def test_a_listener_commit_lost_while_the_timer_settles_it_is_read_again(redis_client):
+    # The timer and the listener share the engine's pipelined commit: when the timer
+    # is the one that finds the listener's commit failed, the listener must still
+    # re-read its entries, not leave them pending until another consumer claims them.
+    keys = Keys()
+    await redis_client.hset(keys.policy, "universe_symbols", json.dumps(UNIVERSE))
+    store = Store(redis_client, keys, group="rotation-fsm", retention_s=3600)
+    engine = BookEngine(store, StubExchange(), rules())
+    listener = Listener(redis_client, engine, keys, group="rotation-fsm", consumer="c1")
+    timer = Timer(redis_client, engine, keys)
+    await listener.ensure_groups()
+    real_commit, failures = store.commit, [ConnectionError("connection lost mid-commit")]
+
+    async def commit_once_lost(*args, **kw):
+        if failures:
+            raise failures.pop()
+        return await real_commit(*args, **kw)
+
+    store.commit = commit_once_lost
+    await redis_client.xadd(keys.plans, plan_fields("p-lost", "NEWUSDT"))
+    assert await listener.run_once(block_ms=50) == 1  # decided; its commit is in flight
+    with pytest.raises(ConnectionError):
+        await timer.run_once()  # nothing due: settles the commit in flight, which failed
+    assert await listener.run_once(block_ms=50) == 1  # its own pending entry, again
+    await engine.flush()
+    rows = await redis_client.xrange(keys.decisions)
+    assert [f[b"plan_id"] for _, f in rows] == [b"p-lost"]
+    assert (await redis_client.xpending(keys.plans, "rotation-fsm"))["pending"] == 0
