@@ -13,8 +13,6 @@ rotations are still in the index when the next read comes, so the read skips the
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -47,15 +45,6 @@ class Timer:
         self.clock = clock
         self.fired = 0
         self._sent: set[str] = set()  # ticked in the submission whose commit may be in flight
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Scan until `stop` is set."""
-        while not stop.is_set():
-            due = await self.run_once()
-            if due < self.batch:  # a full batch means more are overdue: go again now
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
-        await self.engine.flush()
 
     async def run_once(self) -> int:
         """Hand overdue rotations (up to `batch`) to the engine; return the count.
