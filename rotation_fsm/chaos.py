@@ -97,6 +97,7 @@ from .messages import BadEntry, RotationRecord, as_text_lenient, fields_text, ro
 from .redis_process import RedisProcess, free_port
 from .settings import Rules
 from .stack import DEFAULTS, Service, _until_ready
+from .stream_pages import scan_stream
 
 log = logging.getLogger("rotation_fsm.chaos")
 
@@ -669,14 +670,10 @@ def _set_keys(data: bytes) -> tuple[list[bytes], bool]:
 
 async def read_stream(redis: Redis, stream: str, chunk: int = 5000) -> list[Entry]:
     """Every entry of `stream`, fields decoded leniently (a malformed entry stays visible)."""
-    out: list[Entry] = []
-    start = "-"
-    while True:
-        batch = await redis.xrange(stream, min=start, max="+", count=chunk)
-        out += [(as_text_lenient(eid), fields_text(raw, "replace")) for eid, raw in batch]
-        if len(batch) < chunk:
-            return out
-        start = f"({out[-1][0]}"
+    return [
+        (entry_id, fields_text(raw, "replace"))
+        async for entry_id, raw in scan_stream(redis, stream, page=chunk)
+    ]
 
 
 async def read_audit(redis: Redis, keys: Keys) -> list[AuditBatch]:

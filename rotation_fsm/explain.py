@@ -56,6 +56,7 @@ from .shortid import AmbiguousId, resolve_id
 from .slots import PolicyError, desired_slots, occupied, parse_universe
 from .snapshot import Market
 from .store import AnyRedis
+from .stream_pages import scan_stream
 from .timeline import (
     NONE,
     iso_ms,
@@ -73,7 +74,6 @@ EXIT_OK, EXIT_UNKNOWN, EXIT_UNREADABLE = 0, 1, 2
 #: stream entries one search reads at most (a plan whose record expired is looked
 #: for newest first; `status` looks this far back for an exchange snapshot)
 SCAN_LIMIT = 20_000
-PAGE = 500
 #: how far after a plan's or rotation's last known moment its entries are looked for
 AFTER_MS = 60_000
 #: entry ids are Redis's clock, `now_ms` the engine host's: allow them to disagree
@@ -467,41 +467,13 @@ def outcome(rec: RotationRecord) -> str:
 # ================================================================ reading Redis
 
 
-async def _page(redis: AnyRedis, key: str, low: str, high: str, newest_first: bool) -> list[Any]:
-    if newest_first:
-        return await redis.xrevrange(key, max=high, min=low, count=PAGE) or []
-    return await redis.xrange(key, min=low, max=high, count=PAGE) or []
-
-
-async def scan_stream(
-    redis: AnyRedis,
-    key: str,
-    *,
-    low: str = "-",
-    high: str = "+",
-    newest_first: bool = False,
-    limit: int = SCAN_LIMIT,
-) -> AsyncIterator[tuple[str, dict[Any, Any]]]:
-    """Entries of `key` in [low, high], page by page, at most `limit` (raw bytes)."""
-    seen = 0
-    while seen < limit:
-        page = await _page(redis, key, low, high, newest_first)
-        for entry_id, raw in page[: limit - seen]:
-            seen += 1
-            yield as_text(entry_id), raw
-        if len(page) < PAGE:
-            return
-        after = "(" + as_text(page[-1][0])  # exclusive bounds: Redis >= 6.2
-        high, low = (after, low) if newest_first else (high, after)
-
-
 async def _mentions(
     redis: AnyRedis, keys: Keys, needle: str, **scan: Any
 ) -> AsyncIterator[Recorded]:
     """Audit entries whose body names `needle` (JSON-quoted). The raw bytes are searched
     first, so the many entries that do not mention it are never decoded."""
     quoted = json.dumps(needle).encode()
-    async for entry_id, raw in scan_stream(redis, keys.audit, **scan):
+    async for entry_id, raw in scan_stream(redis, keys.audit, **{"limit": SCAN_LIMIT, **scan}):
         if quoted in (entry_body(raw) or b""):
             yield parse_audit(entry_id, fields_text(raw), keys.audit)
 
@@ -522,7 +494,11 @@ async def _events_of(redis: AnyRedis, keys: Keys, rec: RotationRecord) -> list[d
     wanted = rec.rotation_id.encode()
     out = []
     async for _, raw in scan_stream(
-        redis, keys.events, low=str(rec.created_ms - SKEW_MS), high=str(last + AFTER_MS)
+        redis,
+        keys.events,
+        low=str(rec.created_ms - SKEW_MS),
+        high=str(last + AFTER_MS),
+        limit=SCAN_LIMIT,
     ):
         if raw.get(b"rotation_id") == wanted:
             out.append(fields_text(raw))
@@ -706,7 +682,7 @@ async def explain(redis: AnyRedis, keys: Keys, some_id: str) -> Story | None:
 
 async def _newest_snapshot(redis: AnyRedis, keys: Keys) -> Recorded | None:
     """The newest audit batch that holds an exchange snapshot (positions read)."""
-    async for entry_id, raw in scan_stream(redis, keys.audit, newest_first=True):
+    async for entry_id, raw in scan_stream(redis, keys.audit, newest_first=True, limit=SCAN_LIMIT):
         if b'"positions":[' not in (entry_body(raw) or b""):  # no snapshot: skip unparsed
             continue
         found = parse_audit(entry_id, fields_text(raw), keys.audit)

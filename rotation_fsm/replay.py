@@ -44,12 +44,12 @@ from .messages import RotationRecord, as_text, fields_text
 from .progress import Advance, progress
 from .settings import RULE_SPECS, Rules, SettingError, Settings, load_settings, rules_from
 from .store import AnyRedis
+from .stream_pages import scan_stream
 from .timeline import iso_ms, listing, state_changes, table, to_json
 
 EXIT_IDENTICAL, EXIT_DIVERGED, EXIT_UNREADABLE = 0, 1, 2
 #: the streams `dump` copies, by their logical name (book-independent in the file)
 DUMP_STREAMS = ("audit", "plans", "results", "decisions", "events")
-PAGE = 1000  # entries per XRANGE call: a long history never arrives as one reply
 _STEP_BYTES = 1 << 20  # progress of reading a file is reported per MiB
 #: a file at least this large is read with progress (a small one is read at once)
 LARGE_FILE_BYTES = 16 << 20
@@ -142,20 +142,6 @@ def _raw(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
 
-async def _entries(
-    redis: AnyRedis, key: str, since: str, until: str
-) -> AsyncIterator[tuple[str, dict[Any, Any]]]:
-    """Every entry of `key` in [since, until], page by page (raw bytes)."""
-    start = since
-    while True:
-        page: list[Any] = await redis.xrange(key, min=start, max=until, count=PAGE) or []
-        for entry_id, raw in page:
-            yield as_text(entry_id), raw
-        if len(page) < PAGE:
-            return
-        start = "(" + as_text(page[-1][0])  # exclusive: Redis >= 6.2
-
-
 async def merged_records(
     redis: AnyRedis, keys: Keys, since: str, until: str
 ) -> AsyncIterator[dict[str, Any]]:
@@ -164,7 +150,9 @@ async def merged_records(
     A merge of the streams' own (ordered) pages: at most one page per stream is in
     memory, whatever the length of the history.
     """
-    pages = {s: aiter(_entries(redis, getattr(keys, s), since, until)) for s in DUMP_STREAMS}
+    pages = {
+        s: aiter(scan_stream(redis, getattr(keys, s), low=since, high=until)) for s in DUMP_STREAMS
+    }
     heads: list[tuple[tuple[int, int], str, str, dict[Any, Any]]] = []
     for stream, entries in pages.items():
         first = await anext(entries, None)
@@ -333,7 +321,7 @@ def _lines(handle: BinaryIO, advance: Advance) -> Iterator[str]:
 async def read_audit(redis: AnyRedis, keys: Keys, since: str, until: str) -> list[Recorded]:
     """The book's audit entries in [since, until], straight from Redis."""
     out: list[Recorded] = []
-    async for entry_id, raw in _entries(redis, keys.audit, since, until):
+    async for entry_id, raw in scan_stream(redis, keys.audit, low=since, high=until):
         where = f"{keys.audit}"
         try:
             fields = fields_text(raw)

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import reasons as R
-from ..explain import scan_stream
 from ..keys import Keys
 from ..messages import fields_text
 from ..store import AnyRedis
+from ..stream_pages import scan_stream
 from .state import entry_ms
 
 WINDOW_S = 900

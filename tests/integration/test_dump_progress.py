@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from rotation_fsm import replay
+from rotation_fsm import replay, stream_pages
 from rotation_fsm.cli import main
 from rotation_fsm.keys import Keys
 from rotation_fsm.progress import progress
@@ -48,7 +48,7 @@ async def history(redis_client: redis.asyncio.Redis) -> redis.asyncio.Redis:
 async def test_the_dump_reads_one_page_per_stream_ahead_not_the_whole_history(
     history: redis.asyncio.Redis, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setattr(replay, "PAGE", 100)
+    monkeypatch.setattr(stream_pages, "PAGE", 100)
     counting = CountingRedis(history)
     records = replay.merged_records(counting, Keys(), "-", "+")  # type: ignore[arg-type]
     first = await anext(records)
