@@ -13,19 +13,20 @@ from __future__ import annotations
 import asyncio
 import sys
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from redis.exceptions import RedisError
 
-from .audit import SettingChange, setting_entry
+from .audit import SettingChange
 from .decide import Abort, Extend, UnknownRotation
 from .engine import BookEngine, wall_ms
 from .errors import RotationFsmError
 from .keys import Keys
+from .live_settings import live_value, read_live, write_change
 from .logs import clean, mask_credentials
 from .machine import IllegalTransition
 from .market import Account, Kline, Position
-from .messages import RotationRecord, as_text, fields_text
+from .messages import RotationRecord
 from .settings import (
     RULE_SPECS,
     SettingError,
@@ -94,32 +95,20 @@ class Controls:
         """
         if name not in RULE_SPECS:
             raise Refused(f"{name}: expected one of " + ", ".join(sorted(RULE_SPECS)))
-        if not await self.redis.hexists(self.keys.settings, name):
+        if await live_value(self.redis, self.keys, name) is None:
             return None
         return await self._change(name, None, by)
 
     async def _change(self, name: str, new: str | None, by: str) -> str | None:
         """Write (or, `new` None, delete) one live setting with its audit entry."""
-        raw = await self.redis.hget(self.keys.settings, name)
-        old = as_text(raw) if raw is not None else None
+        old = await live_value(self.redis, self.keys, name)
         change = SettingChange(now_ms=wall_ms(), key=name, old=old, new=new, by=by)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if new is None:
-                pipe.hdel(self.keys.settings, name)
-            else:
-                pipe.hset(self.keys.settings, name, new)
-            pipe.xadd(
-                self.keys.audit,
-                cast("dict[Any, Any]", setting_entry(change)),  # redis-py wants wider keys
-                maxlen=self.settings.audit_maxlen,
-                approximate=True,
-            )
-            await pipe.execute()
+        await write_change(self.redis, self.keys, change, self.settings.audit_maxlen)
         return old
 
     async def show(self) -> dict[str, dict[str, str]]:
         """Each rule: the value in force for this environment, and where it comes from."""
-        live = fields_text(await self.redis.hgetall(self.keys.settings))
+        live = await read_live(self.redis, self.keys)
         out: dict[str, dict[str, str]] = {}
         for name in RULE_SPECS:
             env_value = rule_value_text(self.settings.rules, name)

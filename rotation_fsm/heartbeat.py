@@ -20,7 +20,7 @@ from typing import cast
 import msgspec
 
 from .keys import Keys
-from .messages import fields_text
+from .live_settings import read_live
 from .settings import RULE_SPECS, Rules, overlay, rule_value_text
 from .store import AnyRedis
 
@@ -95,8 +95,7 @@ class Publisher:
 
     async def beat(self, in_force: Rules, now_ms: int) -> Heartbeat:
         """Read the live settings, write this replica's record and index entry."""
-        raw = await self.redis.hgetall(self.keys.settings)
-        live = fields_text(raw, "replace")
+        live = await read_live(self.redis, self.keys)
         record = Heartbeat(
             consumer=self.consumer,
             book=self.keys.book,

@@ -13,7 +13,7 @@ from typing import Any
 
 from .heartbeat import Replica, disagreements, read_replicas
 from .keys import Keys
-from .messages import fields_text
+from .live_settings import read_live
 from .settings import RULE_SPECS, Settings, rule_value_text
 from .store import AnyRedis
 from .timeline import iso_ms, table
@@ -46,8 +46,7 @@ async def replica_settings(
 ) -> dict[str, Any]:
     """The book's replicas and their settings, as JSON-ready data."""
     replicas = await read_replicas(redis, keys)
-    raw = await redis.hgetall(keys.settings)
-    live = fields_text(raw, "replace")
+    live = await read_live(redis, keys)
     return {
         "book": keys.book,
         "replicas": [_replica_json(r, now_ms) for r in replicas],
