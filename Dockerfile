@@ -2,7 +2,7 @@
 # docker-compose.yml picks the command. Two stages: wheels are built in the first, and
 # the final image gets only the installed wheels — no compiler, no build tools.
 
-FROM python:3.11-slim AS build
+FROM python:3.11.11-slim-bookworm AS build
 WORKDIR /src
 # Wheels of the project and of every dependency (all have manylinux wheels, so no
 # compiler is needed even here).
@@ -11,7 +11,7 @@ COPY rotation_fsm ./rotation_fsm
 COPY services ./services
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
-FROM python:3.11-slim
+FROM python:3.11.11-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -23,4 +23,8 @@ USER app
 WORKDIR /tmp
 # 8044: the engine's /healthz, /readyz, /metrics, /rotations; 8090: the paper exchange.
 EXPOSE 8044 8090
+# The engine is healthy when ready (Redis reachable, consumer groups in place), on the
+# port it serves (METRICS_PORT); compose sets its own check for the other commands.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('METRICS_PORT', '8044'), timeout=2)"]
 CMD ["rotation-fsm", "run"]

@@ -9,6 +9,7 @@ namespace (per book: `{BOOK}:quantum:*`). A test runs the engine as this user.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import os
 import sys
 from typing import Any
@@ -55,6 +56,9 @@ ENGINE_COMMANDS = (
     "pexpire",
     "persist",
     "incr",
+    # the operator controls served over HTTP: a setting and its audit entry together
+    "multi",
+    "exec",
     # connection housekeeping (redis-py sends these)
     "ping",
     "client|setname",  # (CLIENT SETINFO is refused quietly: redis-py ignores it)
@@ -78,6 +82,14 @@ def setuser_args(user: str, password: str, books: tuple[str, ...] = ("",)) -> li
         "-@all",
         *(f"+{c}" for c in ENGINE_COMMANDS),
     ]
+
+
+def aclfile_line(user: str, password: str, books: tuple[str, ...] = ("",)) -> str:
+    """The same user as a line of a Redis ACL file (`redis-server --aclfile`), its
+    password stored as its SHA-256 (`#…`): no plaintext password on disk."""
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    rules = setuser_args(user, password, books)
+    return "user " + " ".join(f"#{digest}" if r == f">{password}" else r for r in rules)
 
 
 def setuser_line(
@@ -140,8 +152,9 @@ def command(args: Any) -> int:
     """`rotation-fsm acl [--user U] [--password-file F | --password-env V] [--books a,b]`:
     print the line; 2 with one line when no password could be read, or a value would
     give a rule Redis reads otherwise."""
+    line = aclfile_line if args.format == "aclfile" else setuser_line
     try:
-        print(setuser_line(args.user, read_password(args), parse_books(args.books)))
+        print(line(args.user, read_password(args), parse_books(args.books)))
     except (NoPassword, ValueError) as exc:
         print(f"rotation-fsm acl: {exc}", file=sys.stderr)
         return 2

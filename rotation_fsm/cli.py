@@ -269,6 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     # Still accepted for scripts written before; a secret on the command line leaks.
     p["acl"].add_argument("--password", default=None, help=argparse.SUPPRESS)
     p["acl"].add_argument(
+        "--format",
+        choices=["setuser", "aclfile"],
+        default="setuser",
+        help="an ACL SETUSER command, or a line of an ACL file with the password hashed "
+        "(default: %(default)s)",
+    )
+    p["acl"].add_argument(
         "--books", default="", help="comma-separated books (GOV_BOOKS); empty: the bare names"
     )
     return parser

@@ -101,10 +101,15 @@ def connect(settings: Settings, *, blocking: bool = False) -> AnyRedis:
     whose socket must outlive the BLOCK time (redis-py 8 defaults to 5 s)."""
     retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3)
     timeout = None if blocking else 5.0
+    # A password in the URL wins; REDIS_PASSWORD[_FILE] serves a URL without one.
+    password = settings.redis_password or None
     if settings.redis_cluster:
-        return RedisCluster.from_url(settings.redis_url, socket_timeout=timeout, retry=retry)
+        return RedisCluster.from_url(
+            settings.redis_url, socket_timeout=timeout, retry=retry, password=password
+        )
     return Redis.from_url(
         settings.redis_url,
+        password=password,
         socket_timeout=timeout,
         retry=retry,
         socket_connect_timeout=2.0,

@@ -305,6 +305,26 @@ class Book:
     api_secret: str = field(repr=False)
 
 
+def secret(env: Mapping[str, str], name: str) -> str:
+    """`name`'s value, or the content of the file `{name}_FILE` names (compose and
+    Kubernetes secrets), so a secret need not sit in the environment or a compose file.
+
+    Setting both is refused (which one would win is a guess); so is a file that
+    cannot be read. One trailing newline is not part of the secret.
+    """
+    path = env.get(f"{name}_FILE")
+    if not path:
+        return env.get(name) or ""
+    if env.get(name):
+        raise SettingError(f"{name}_FILE", path, f"either {name} or {name}_FILE, not both")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().removesuffix("\n").removesuffix("\r")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise SettingError(f"{name}_FILE", path, f"a readable file ({reason})") from None
+
+
 def _book_suffix(name: str) -> str:
     """`acct-7` → `ACCT_7`: the suffix of per-book variables (`BINANCE_API_KEY__ACCT_7`)."""
     return "".join(ch if ch.isalnum() else "_" for ch in name.upper())
@@ -328,12 +348,15 @@ def _books(env: Mapping[str, str]) -> tuple[Book, ...]:
         def pick(var: str, fallback: str = "", sfx: str = sfx) -> str:
             return env.get(var + sfx) or env.get(var) or (env.get(fallback, "") if fallback else "")
 
+        def pick_secret(var: str, fallback: str, sfx: str = sfx) -> str:
+            return secret(env, var + sfx) or secret(env, var) or secret(env, fallback)
+
         books.append(
             Book(
                 name=name,
                 binance_base_url=pick("BINANCE_BASE_URL") or "https://testnet.binancefuture.com",
-                api_key=pick("BINANCE_API_KEY", "BINANCE_TESTNET_API_KEY") or "",
-                api_secret=pick("BINANCE_API_SECRET", "BINANCE_TESTNET_API_SECRET") or "",
+                api_key=pick_secret("BINANCE_API_KEY", "BINANCE_TESTNET_API_KEY"),
+                api_secret=pick_secret("BINANCE_API_SECRET", "BINANCE_TESTNET_API_SECRET"),
             )
         )
     return tuple(books)
@@ -357,6 +380,8 @@ class Settings:
     claim_idle_ms: int
     retention_s: float
     heartbeat_s: float = 5.0
+    #: the Redis user's password when it is not in REDIS_URL (REDIS_PASSWORD[_FILE])
+    redis_password: str = field(default="", repr=False)
     #: the rule variables the environment set (the rest are defaults)
     env_rule_names: frozenset[str] = frozenset()
     log_format: str = "text"
@@ -366,7 +391,9 @@ class Settings:
     def __repr__(self) -> str:
         # Secrets never reach a log line, even through a debug repr.
         shown = {
-            f.name: getattr(self, f.name) for f in fields(self) if f.name not in {"http_token"}
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in {"http_token", "redis_password"}
         }
         return f"Settings({shown}, secrets=hidden)"
 
@@ -379,7 +406,7 @@ class Settings:
             redis = [url.password or "", *query]
         except ValueError:  # not a URL: connecting will say so, naming REDIS_URL
             redis = []
-        return tuple(s for s in (*books, self.http_token, *redis) if s)
+        return tuple(s for s in (*books, self.http_token, self.redis_password, *redis) if s)
 
     @property
     def book(self) -> str:
@@ -479,7 +506,8 @@ def _load(env: Mapping[str, str]) -> Settings:
         books=_books(env),
         http_host=_simple(env, "GOV_HTTP_HOST", LOOPBACK, _http_host, "an IP address or host name"),
         metrics_port=_number(env, "METRICS_PORT", "8044", PORT),
-        http_token=env.get("GOV_HTTP_TOKEN") or "",
+        http_token=secret(env, "GOV_HTTP_TOKEN"),
+        redis_password=secret(env, "REDIS_PASSWORD"),
         audit_maxlen=_number(env, "GOV_AUDIT_MAXLEN", "100000", count(low=1)),
         claim_idle_ms=_number(
             env,

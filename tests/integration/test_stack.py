@@ -27,6 +27,7 @@ import redis
 import yaml
 from redis.asyncio import Redis
 
+from rotation_fsm import __version__
 from rotation_fsm import reasons as R
 from rotation_fsm.cli import COMMANDS
 from rotation_fsm.keys import Keys
@@ -43,7 +44,16 @@ pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
-OUR_IMAGE = "rotation-fsm:local"
+OUR_IMAGE = f"rotation-fsm:{__version__}"
+
+
+def in_repo(value: str) -> str:
+    """A path under /run/secrets/ (where compose mounts secrets) as the file compose
+    mounts there, so the environment can be loaded outside a container."""
+    for name, secret in compose().get("secrets", {}).items():
+        if value == f"/run/secrets/{name}":
+            return str(ROOT / secret["file"])
+    return value
 
 
 def compose() -> dict[str, Any]:
@@ -131,22 +141,22 @@ def test_every_environment_variable_is_one_the_config_reads() -> None:
     for name, svc in our_services().items():
         unknown = set(svc.get("environment", {})) - known
         assert not unknown, f"{name} sets variables nothing reads: {sorted(unknown)}"
-        # ... and every value is one the config accepts.
-        env = {k: str(v) for k, v in svc.get("environment", {}).items()}
+        # ... and every value is one the config accepts (secrets read from ./secrets).
+        env = {k: in_repo(str(v)) for k, v in svc.get("environment", {}).items()}
         for load in (load_settings, load_paper_config, load_sim_config):
             load(env)
 
 
-def test_two_engine_replicas_share_a_group_with_healthchecks_on_healthz() -> None:
+def test_two_engine_replicas_share_a_group_with_healthchecks_on_readyz() -> None:
     engines = {n: s for n, s in our_services().items() if s["command"][-1] == "run"}
     assert len(engines) == 2
-    settings = [load_settings({k: str(v) for k, v in s["environment"].items()})
+    settings = [load_settings({k: in_repo(str(v)) for k, v in s["environment"].items()})
                 for s in engines.values()]  # fmt: skip
     assert len({s.consumer_name for s in settings}) == 2
     assert len({s.consumer_group for s in settings}) == 1
     for (name, svc), s in zip(engines.items(), settings, strict=True):
-        assert s.http_host == "0.0.0.0", f"{name}: /healthz must be reachable in the container"
-        assert f"127.0.0.1:{s.metrics_port}/healthz" in " ".join(svc["healthcheck"]["test"])
+        assert s.http_host == "0.0.0.0", f"{name}: /readyz must be reachable in the container"
+        assert f"127.0.0.1:{s.metrics_port}/readyz" in " ".join(svc["healthcheck"]["test"])
         assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
