@@ -56,7 +56,13 @@ def test_the_target_line_masks_the_redis_password():
 
 
 def acl_args(**given: str | None) -> argparse.Namespace:
-    base = {"user": "u", "books": "", "password_file": None, "password_env": None}
+    base = {
+        "user": "u",
+        "books": "",
+        "password_file": None,
+        "password_env": None,
+        "format": "setuser",
+    }
     return argparse.Namespace(**{**base, "password": None, **given})
 
 
