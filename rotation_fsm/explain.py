@@ -74,6 +74,8 @@ EXIT_OK, EXIT_UNKNOWN, EXIT_UNREADABLE = 0, 1, 2
 #: stream entries one search reads at most (a plan whose record expired is looked
 #: for newest first; `status` looks this far back for an exchange snapshot)
 SCAN_LIMIT = 20_000
+#: audit entries looked back through for each symbol's newest regime reading
+READINGS_SCAN = 500
 #: how far after a plan's or rotation's last known moment its entries are looked for
 AFTER_MS = 60_000
 #: entry ids are Redis's clock, `now_ms` the engine host's: allow them to disagree
@@ -691,6 +693,36 @@ async def _newest_snapshot(redis: AnyRedis, keys: Keys) -> Recorded | None:
     return None
 
 
+def _reading_json(symbol: str, reading: Any, batch: AuditBatch) -> dict[str, Any]:
+    return {
+        "symbol": symbol,
+        "regime": reading.regime.value,
+        "desired_slots": desired_slots(reading.regime, batch.rules),
+        "ema20": reading.ema20,
+        "ema50": reading.ema50,
+        "trend": reading.trend,
+        "atr_pct": reading.atr_pct,
+        "klines": reading.klines,
+        "as_of": iso_ms(batch.now_ms),
+    }
+
+
+async def _recent_readings(redis: AnyRedis, keys: Keys) -> list[dict[str, Any]]:
+    """The newest regime reading of every symbol decided on lately (a batch reads only
+    its own plans' symbols, so one batch alone would show one symbol or two)."""
+    found: dict[str, dict[str, Any]] = {}
+    async for entry_id, raw in scan_stream(
+        redis, keys.audit, newest_first=True, limit=READINGS_SCAN
+    ):
+        if b'"readings":{"' not in raw.get(b"body", b""):  # none: skip unparsed
+            continue
+        batch = parse_audit(entry_id, fields_text(raw), keys.audit).entry
+        if isinstance(batch, AuditBatch):
+            for symbol, reading in batch.market.readings.items():
+                found.setdefault(symbol, _reading_json(symbol, reading, batch))
+    return [found[s] for s in sorted(found)]
+
+
 def _last_plan_symbol(batch: AuditBatch) -> str | None:
     symbols = [
         i.plan.symbol
@@ -773,6 +805,8 @@ def _flight_json(rec: RotationRecord, now_ms: int) -> dict[str, Any]:
         "state": rec.state,
         "new_plan_id": rec.new_plan_id,
         "new_symbol": rec.new_symbol,
+        "new_action": rec.new_action,
+        "trigger_entry_id": rec.trigger_entry_id,  # the entry waiting for the close
         "close_symbol": rec.close_symbol,
         "close_plan_id": rec.close_plan_id,
         "created": iso_ms(rec.created_ms),
@@ -791,20 +825,7 @@ async def _slots(
         return None
     batch = snap.entry
     assert isinstance(batch, AuditBatch)
-    readings = []
-    for symbol, reading in sorted(batch.market.readings.items()):
-        readings.append(
-            {
-                "symbol": symbol,
-                "regime": reading.regime.value,
-                "desired_slots": desired_slots(reading.regime, batch.rules),
-                "ema20": reading.ema20,
-                "ema50": reading.ema50,
-                "trend": reading.trend,
-                "atr_pct": reading.atr_pct,
-                "klines": reading.klines,
-            }
-        )
+    readings = await _recent_readings(redis, keys)
     latest = _last_plan_symbol(batch)
     now_reading = batch.market.reading(latest) if latest else None
     open_symbols = sorted(batch.market.open_symbols)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -27,7 +28,7 @@ from ..keys import Keys
 from ..store import AnyRedis, Store
 from .live import DEFAULT_MAX_CLIENTS, Hub, HubFull, sse_messages
 from .series import console_series
-from .state import console_state, console_story
+from .state import PAGE_ROWS, console_state, console_story, decision_page, rotation_page
 
 STATIC = Path(str(resources.files("rotation_fsm.web").joinpath("static")))
 CSP = (
@@ -40,6 +41,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
 }
+MAX_PAGE_ROWS = 500
 HUB = web.AppKey("console_hub", Hub)
 STORES = web.AppKey("console_stores", dict[str, Store])
 CONTROLS_ON = web.AppKey("console_controls_on", bool)
@@ -101,6 +103,55 @@ async def series(request: web.Request) -> web.Response:
     return await _json_or_503(lambda: console_series(redis, keys, _now_ms()))
 
 
+def _ms_param(request: web.Request, name: str) -> int | None:
+    """An optional epoch-milliseconds query parameter; 400 when it is not one."""
+    text = request.query.get(name, "")
+    if not text:
+        return None
+    if not text.isdigit() or len(text) > 15:
+        raise web.HTTPBadRequest(text=f"{name}: milliseconds since the epoch")
+    return int(text)
+
+
+def _count_param(request: web.Request, name: str, default: int, high: int) -> int:
+    """An optional whole number in [0, high]; 400 otherwise."""
+    text = request.query.get(name, "")
+    if not text:
+        return default
+    if not text.isdigit() or int(text) > high:
+        raise web.HTTPBadRequest(text=f"{name}: a whole number from 0 to {high}")
+    return int(text)
+
+
+async def decisions(request: web.Request) -> web.Response:
+    """A page of decisions: `from`/`to` (ms), `reason`, `before` (entry id), `limit`."""
+    redis, keys = _book(request)
+    before = request.query.get("before", "")
+    if before and not re.fullmatch(r"\d{1,15}-\d{1,15}", before):
+        raise web.HTTPBadRequest(text="before: a stream entry id")
+    kwargs = {
+        "from_ms": _ms_param(request, "from"),
+        "to_ms": _ms_param(request, "to"),
+        "reason": request.query.get("reason", ""),
+        "before": before,
+        "limit": _count_param(request, "limit", PAGE_ROWS, MAX_PAGE_ROWS) or PAGE_ROWS,
+    }
+    return await _json_or_503(lambda: decision_page(redis, keys, **kwargs))
+
+
+async def finished(request: web.Request) -> web.Response:
+    """A page of finished rotations: `from`/`to` (ms), `state`, `offset`, `limit`."""
+    redis, keys = _book(request)
+    kwargs = {
+        "from_ms": _ms_param(request, "from"),
+        "to_ms": _ms_param(request, "to"),
+        "state": request.query.get("state", ""),
+        "offset": _count_param(request, "offset", 0, 10**12),
+        "limit": _count_param(request, "limit", PAGE_ROWS, MAX_PAGE_ROWS) or PAGE_ROWS,
+    }
+    return await _json_or_503(lambda: rotation_page(redis, keys, **kwargs))
+
+
 async def story(request: web.Request) -> web.Response:
     redis, keys = _book(request)
     some_id = request.match_info["some_id"]
@@ -154,4 +205,6 @@ def add_console_routes(
     app.router.add_get("/api/console/state", state)
     app.router.add_get("/api/console/series", series)
     app.router.add_get("/api/console/story/{some_id}", story)
+    app.router.add_get("/api/console/decisions", decisions)
+    app.router.add_get("/api/console/finished", finished)
     app.router.add_get("/api/console/events", events)

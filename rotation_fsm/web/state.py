@@ -18,6 +18,11 @@ from ..store import AnyRedis
 HOUR_S = 3600.0
 RECENT_DECISIONS = 200
 RECENT_FINISHED = 50
+#: rows of one page of the history tables
+PAGE_ROWS = 50
+#: entries a filtered page reads through at most before it hands back a cursor
+SCAN_CAP = 5000
+_READ = 500
 
 
 def entry_ms(entry_id: str) -> int:
@@ -75,6 +80,88 @@ async def recent_decisions(redis: AnyRedis, keys: Keys, count: int) -> list[dict
         )
         for eid, fields in rows
     ]
+
+
+def mark_resends(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows (newest first) whose plan id an older row of the same page already has are
+    the apply layer sending the plan again: marked `resend`, not unexplained twins."""
+    seen: set[str] = set()
+    for row in reversed(rows):
+        row["resend"] = row["plan_id"] in seen
+        seen.add(row["plan_id"])
+    return rows
+
+
+async def decision_page(
+    redis: AnyRedis,
+    keys: Keys,
+    *,
+    from_ms: int | None = None,
+    to_ms: int | None = None,
+    reason: str = "",
+    before: str = "",
+    limit: int = PAGE_ROWS,
+) -> dict[str, Any]:
+    """One page of decisions, newest first, within [from_ms, to_ms], of one `reason`
+    (empty: any), older than the entry id `before`. `next` is the cursor of the
+    following page (None: no more); a rare reason reads at most `SCAN_CAP` entries
+    per page, so a page may come back short with a cursor to go on from."""
+    high = f"({before}" if before else (str(to_ms) if to_ms is not None else "+")
+    low = str(from_ms) if from_ms is not None else "-"
+    rows: list[dict[str, Any]] = []
+    scanned, cursor = 0, ""
+    while len(rows) < limit and scanned < SCAN_CAP:
+        page = await redis.xrevrange(keys.decisions, max=high, min=low, count=_READ)
+        exhausted = len(page) < _READ  # nothing older in the range after this page
+        for i, (eid, fields) in enumerate(page):
+            scanned += 1
+            row = _decision_row(as_text_lenient(eid), fields_text(fields, "replace"))
+            cursor = row["id"]
+            if reason and row["reason"] != reason:
+                continue
+            rows.append(row)
+            if len(rows) == limit:
+                exhausted = exhausted and i == len(page) - 1
+                break
+        if exhausted:
+            return {"rows": mark_resends(rows), "next": None}
+        high = f"({cursor}"
+    return {"rows": mark_resends(rows), "next": cursor}
+
+
+async def rotation_page(
+    redis: AnyRedis,
+    keys: Keys,
+    *,
+    from_ms: int | None = None,
+    to_ms: int | None = None,
+    state: str = "",
+    offset: int = 0,
+    limit: int = PAGE_ROWS,
+) -> dict[str, Any]:
+    """One page of finished rotations, newest end first, ended within [from_ms, to_ms],
+    in final `state` (empty: any), from `offset` in that range. `next` is the offset
+    of the following page (None: no more); `total` how many ended in the range."""
+    high = to_ms if to_ms is not None else "+inf"
+    low = from_ms if from_ms is not None else "-inf"
+    total = int(await redis.zcount(keys.finished, low, high))
+    rows: list[dict[str, Any]] = []
+    position = offset
+    while len(rows) < limit and position < total and position - offset < SCAN_CAP:
+        ids = await redis.zrevrangebyscore(keys.finished, high, low, start=position, num=_READ)
+        if not ids:
+            break
+        hashes = await rotation_hashes(redis, keys, [as_text_lenient(r) for r in ids])
+        for raw in hashes:
+            position += 1
+            if not raw:
+                continue  # expired since it ended
+            row = _finished_row(rotation_from_hash(raw))
+            if not state or row["state"] == state:
+                rows.append(row)
+                if len(rows) == limit:
+                    break
+    return {"rows": rows, "next": position if position < total else None, "total": total}
 
 
 def _finished_row(rec: RotationRecord) -> dict[str, Any]:

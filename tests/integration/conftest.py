@@ -8,6 +8,9 @@ import pytest
 
 from tests.integration.harness import EngineProcess, Stack, open_stack
 
+# Headless Chromium for every browser test of the console, wherever it is written.
+from tests.integration.test_console_browser import browser  # noqa: F401
+
 
 @pytest.fixture
 async def stack(redis_url: str) -> AsyncIterator[Stack]:

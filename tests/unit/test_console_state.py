@@ -1,6 +1,12 @@
 """The console's pure helpers: slot cells, entry-id clocks, the story's diagram."""
 
-from rotation_fsm.web.state import _decision_row, entry_ms, slot_cells, story_diagram
+from rotation_fsm.web.state import (
+    _decision_row,
+    entry_ms,
+    mark_resends,
+    slot_cells,
+    story_diagram,
+)
 
 
 def slots(**kw):
@@ -60,3 +66,8 @@ def test_a_plans_story_draws_its_newest_rotation():
     assert 'class="state final current" data-state="TIMED_OUT"' in svg
     assert story_diagram({"kind": "plan", "rotations": []}) is None
     assert story_diagram({"kind": "plan", "rotations": [{"state": "NOPE", "history": []}]}) is None
+
+
+def test_a_plan_decided_again_on_the_page_is_marked_a_resend():
+    rows = [{"plan_id": p} for p in ("b", "a", "c", "a")]  # newest first
+    assert [r["resend"] for r in mark_resends(rows)] == [False, True, False, False]
