@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from rotation_fsm import __version__
 from rotation_fsm import reasons as R
 from rotation_fsm.acl import aclfile_line
 from tests.integration.harness import API_SECRET, Stack
@@ -25,6 +26,11 @@ def engines() -> dict[str, dict]:
 def test_every_image_is_pinned_to_a_version():
     for name, svc in compose()["services"].items():
         assert re.search(r":v?\d+\.\d+\.\d+", svc["image"]), f"{name}: {svc['image']}"
+
+
+def test_our_image_is_tagged_with_the_package_version():
+    for name, svc in our_services().items():
+        assert svc["image"] == f"rotation-fsm:{__version__}", name
 
 
 def test_every_service_has_cpu_and_memory_limits():
