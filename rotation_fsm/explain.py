@@ -714,7 +714,7 @@ async def _recent_readings(redis: AnyRedis, keys: Keys) -> list[dict[str, Any]]:
     async for entry_id, raw in scan_stream(
         redis, keys.audit, newest_first=True, limit=READINGS_SCAN
     ):
-        if b'"readings":{"' not in raw.get(b"body", b""):  # none: skip unparsed
+        if b'"readings":{"' not in (entry_body(raw) or b""):  # none: skip unparsed
             continue
         batch = parse_audit(entry_id, fields_text(raw), keys.audit).entry
         if isinstance(batch, AuditBatch):
