@@ -569,7 +569,7 @@ inline commit() {
      check_slots();
      check_acked()
   fi;
-  ik = 0; ie = 0; mkt = 0; asof = 0; snap = 0; vw[me] = NOVIEW; busy[me] = 0; clear_effects();
+  ik = 0; ie = 0; mkt = 0; got = 0; asof = 0; snap = 0; vw[me] = NOVIEW; busy[me] = 0; clear_effects();
   p = 0; r = 0; t = 0; i = 0
 }
 
@@ -602,7 +602,7 @@ inline commit() {
 
 proctype Replica(byte me) {
   byte ik, ie;                  /* the input: kind; entry index, or rotation for a tick */
-  bit  mkt;                     /* the batch asked the exchange */
+  bit  mkt, got;                /* the batch asked the exchange; its answer came */
   byte asof, snap;              /* the snapshot: as of when (results written by then),
                                    which positions were open */
   /* the effects decided, written by the commit */
@@ -636,6 +636,7 @@ end_idle:
      commit. Every step below is one transition: what happens in between is what
      the other processes do. */
 #define NEEDS_MARKET (ik == IN_PLAN && !p_close[pl_plan[ie]])
+#define READY (!NEEDS_MARKET || got)
 #ifdef NO_FORWARD
 #define BEHIND 0
 #else
@@ -643,11 +644,13 @@ end_idle:
 #endif
 work:
   if
-  /* fetch_market, before the load: positions as of now (results written so far) */
-  :: atomic { NEEDS_MARKET && !mkt -> mkt = 1; asof = nrs; snap = xopen }; goto work
+  /* fetch_market, before the load: the requests go out ("as of": the results written
+     by then), and the answer comes a step later (it may show more) */
+  :: atomic { NEEDS_MARKET && !mkt -> mkt = 1; asof = nrs }; goto work
+  :: atomic { mkt && !got -> got = 1; snap = xopen }; goto work
 #ifdef NO_GUARD
   /* load and decide on the view; the commit is another step and writes it blindly */
-  :: atomic { (!NEEDS_MARKET || mkt) && vw[me] == NOVIEW -> vw[me] = FRESH; decide() };
+  :: atomic { READY && vw[me] == NOVIEW -> vw[me] = FRESH; decide() };
      goto work
   :: atomic { vw[me] != NOVIEW -> commit() }; goto end_idle
 #else
@@ -655,10 +658,10 @@ work:
      committed since the load, and a refused one loads again with the same snapshot:
      so the commit that applies decided on the book exactly as it is when it applies,
      and load + decide + commit is one step here. Refused attempts change nothing. */
-  :: atomic { (!NEEDS_MARKET || mkt) && !BEHIND -> decide(); commit() }; goto end_idle
+  :: atomic { READY && !BEHIND -> decide(); commit() }; goto end_idle
 #ifndef NO_FORWARD
   /* _behind: another replica decided on a newer view: fetch again */
-  :: atomic { BEHIND -> asof = nrs; snap = xopen }; goto work
+  :: atomic { READY && BEHIND -> got = 0; asof = nrs }; goto work
 #endif
 #endif
   /* Everything before the commit is the process's own memory, so a kill -9 anywhere
@@ -669,12 +672,12 @@ work:
 
 crash:
   atomic {
-    ik = 0; ie = 0; mkt = 0; asof = 0; snap = 0; vw[me] = NOVIEW; busy[me] = 0; clear_effects();
+    ik = 0; ie = 0; mkt = 0; got = 0; asof = 0; snap = 0; vw[me] = NOVIEW; busy[me] = 0; clear_effects();
     goto end_idle
   };
 
 gone:
-  atomic { ik = 0; ie = 0; mkt = 0; asof = 0; snap = 0; vw[me] = NOVIEW; busy[me] = 0; clear_effects() }
+  atomic { ik = 0; ie = 0; mkt = 0; got = 0; asof = 0; snap = 0; vw[me] = NOVIEW; busy[me] = 0; clear_effects() }
 }
 
 init {
