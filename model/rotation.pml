@@ -30,6 +30,9 @@
  *   -DNO_GUARD    the commit applies whatever the book version: a doubled close
  *                 (invariant 2, with -DCHECK=2).
  *   -DCHECK=mask  which invariants are asserted: bit n-1 for invariant n (default all).
+ *
+ * -DTTL (permits and reservations run out) is not a fault but an open race: spin finds
+ * invariant 1 violated through a view older than a reservation's TTL (README).
  */
 
 /* ------------------------------------------------------------ bounds */
@@ -102,6 +105,7 @@
 #define X_FILLED 1
 #define X_REFUSED 2
 #define X_REPORTED 3
+#define X_EXPIRED 4     /* its permit ran out before the apply layer got to it */
 
 /* ------------------------------------------------------------ the exchange, apply layer */
 byte xopen = START_OPEN;        /* open positions (the paper book) */
@@ -137,6 +141,7 @@ byte rec_ent[NP];               /* the plan entries answered (bit mask) */
 byte res_h[NS];                 /* holders */
 byte res_set[NS];               /* settling: 1 + the newest executed result seen (0: not) */
 bit  hold[NP];
+bit  res_ttl[NS];               /* the reservation's until_ms has passed (-DTTL) */
 #define RES_ON(x) (res_h[x] > 0 || res_set[x] > 0)
 
 /* quantum:rotation:view_as_of: the newest exchange view a committed decision rested on */
@@ -227,9 +232,27 @@ inline report(k) {
 #define STOP_LOSS(x) \
   :: atomic { stops < MAXSTOP && (xopen & BIT(x)) -> stops++; xopen = xopen & ~BIT(x) }
 
+/* -DTTL: time runs out. A permit expires unexecuted; a reservation's TTL passes once
+   none of its holders can execute any more (GOV_RESERVATION_TTL >= the permit TTL),
+   and its hold keys expire with it. (X is the only plan for A, Y for B.) */
+#ifdef TTL
+#define EXPIRE_PERMIT(k) \
+  :: atomic { permits[k] > 0 && xst[k] == X_NONE -> xst[k] = X_EXPIRED }
+#define RESERVATION_TTL(s, k) \
+  :: atomic { RES_ON(s) && !res_ttl[s] && !(hold[k] && xst[k] == X_NONE) -> \
+       res_ttl[s] = 1; hold[k] = 0 }
+#else
+#define EXPIRE_PERMIT(k)
+#define RESERVATION_TTL(s, k)
+#endif
+
 active proctype Apply() {
 end_apply:
   do
+  EXPIRE_PERMIT(0)
+  EXPIRE_PERMIT(1)
+  RESERVATION_TTL(1, 0)
+  RESERVATION_TTL(2, 1)
   APPLY(0)
   APPLY(1)
   APPLY(2)
@@ -452,7 +475,21 @@ inline decide_tick() {
   fi
 }
 
+/* expire_reservations / tidy_reservations: past their TTL (every batch) */
+inline ttl_releases() {
+  skip;
+#ifdef TTL
+  for (i : 0 .. NS - 1) {
+    if
+    :: res_ttl[i] && RES_ON(i) -> f_rel = f_rel | BIT(i)
+    :: else
+    fi
+  }
+#endif
+}
+
 inline decide() {
+  ttl_releases();
   if
   :: ik == IN_PLAN -> decide_plan()
   :: ik == IN_RESULT -> decide_result()
@@ -475,7 +512,7 @@ inline commit() {
      /* Release: settled reservations */
      for (i : 0 .. NS - 1) {
        if
-       :: f_rel & BIT(i) -> res_h[i] = 0; res_set[i] = 0
+       :: f_rel & BIT(i) -> res_h[i] = 0; res_set[i] = 0; res_ttl[i] = 0
        :: else
        fi
      }
@@ -537,7 +574,11 @@ inline commit() {
      fi;
      /* Reserve / Release, Unhold, the hold keys */
      if
-     :: f_ws > 0 -> res_h[f_ws - 1] = f_wh; res_set[f_ws - 1] = f_wset
+     :: f_ws > 0 -> res_h[f_ws - 1] = f_wh; res_set[f_ws - 1] = f_wset;
+        if
+        :: f_hold > 0 -> res_ttl[f_ws - 1] = 0            /* joined: a later until_ms */
+        :: else
+        fi
      :: else
      fi;
      if
