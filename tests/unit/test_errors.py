@@ -31,7 +31,7 @@ def test_every_public_exception_of_the_package_is_a_rotation_fsm_error():
         for e in exceptions
         if not issubclass(e, RotationFsmError)
     ]
-    assert strays == []
+    assert strays == [], "derive each from rotation_fsm.errors.RotationFsmError (keep its own base)"
 
 
 def test_an_error_still_is_what_it_was():
