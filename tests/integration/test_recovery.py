@@ -103,13 +103,8 @@ async def test_redis_restarted_with_aof_mid_rotation_completes(redis_factory):
         assert len(await closes(stack)) == 1
 
 
-async def test_a_pipelined_commit_that_fails_is_redone_before_the_listener_waits(
-    redis_client,
-):
-    # Was: the commit of the last batch before a quiet spell ran as a task that
-    # nobody awaited until the next entry came; when Redis dropped it (the restart
-    # above, under load), the confirmation sat uncommitted until then.
-    keys = Keys()
+async def _first_commit_lost(redis_client, keys: Keys) -> tuple[BookEngine, Listener]:
+    """An engine and its listener on `redis_client` whose first commit is lost."""
     await redis_client.hset(keys.policy, "universe_symbols", json.dumps(UNIVERSE))
     store = Store(redis_client, keys, group="rotation-fsm", retention_s=3600)
     engine = BookEngine(store, StubExchange(), rules())
@@ -123,6 +118,17 @@ async def test_a_pipelined_commit_that_fails_is_redone_before_the_listener_waits
         return await real_commit(*args, **kw)
 
     store.commit = commit_once_lost
+    return engine, listener
+
+
+async def test_a_pipelined_commit_that_fails_is_redone_before_the_listener_waits(
+    redis_client,
+):
+    # Was: the commit of the last batch before a quiet spell ran as a task that
+    # nobody awaited until the next entry came; when Redis dropped it (the restart
+    # above, under load), the confirmation sat uncommitted until then.
+    keys = Keys()
+    engine, listener = await _first_commit_lost(redis_client, keys)
     await redis_client.xadd(keys.plans, plan_fields("p-lost", "NEWUSDT"))
     assert await listener.run_once(block_ms=50) == 1  # decided; its commit is in flight
     with pytest.raises(ConnectionError):
@@ -146,20 +152,8 @@ async def test_a_listener_commit_lost_while_the_timer_settles_it_is_read_again(r
     # is the one that finds the listener's commit failed, the listener must still
     # re-read its entries, not leave them pending until another consumer claims them.
     keys = Keys()
-    await redis_client.hset(keys.policy, "universe_symbols", json.dumps(UNIVERSE))
-    store = Store(redis_client, keys, group="rotation-fsm", retention_s=3600)
-    engine = BookEngine(store, StubExchange(), rules())
-    listener = Listener(redis_client, engine, keys, group="rotation-fsm", consumer="c1")
+    engine, listener = await _first_commit_lost(redis_client, keys)
     timer = Timer(redis_client, engine, keys)
-    await listener.ensure_groups()
-    real_commit, failures = store.commit, [ConnectionError("connection lost mid-commit")]
-
-    async def commit_once_lost(*args, **kw):
-        if failures:
-            raise failures.pop()
-        return await real_commit(*args, **kw)
-
-    store.commit = commit_once_lost
     await redis_client.xadd(keys.plans, plan_fields("p-lost", "NEWUSDT"))
     assert await listener.run_once(block_ms=50) == 1  # decided; its commit is in flight
     with pytest.raises(ConnectionError):
