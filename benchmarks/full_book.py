@@ -115,6 +115,11 @@ async def run_full_book(
             GOV_ACTIVE_SLOTS_CHOP=str(positions),
             GOV_MAX_CONCURRENT_ROTATIONS=str(window),
             GOV_ROTATION_LOCK_TTL="60",
+            # One engine, one clock: a fill is trusted in the next view fetched after it
+            # (the default margin is for replicas whose clocks differ; kept, a fresh
+            # entry's slot stays settling long enough that half the plans find no
+            # position left to rotate at 10 in flight).
+            GOV_CLOCK_SKEW_MS="0",
         )
         await rig.wait_groups()
         loop = _Loop(plans, window, tag, deque(fresh))
