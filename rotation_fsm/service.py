@@ -239,7 +239,7 @@ def _loops(run: BookRun, running: Running, ready: set[str], total: int) -> list[
         fired = await run.timer.run_once()
         _mark_up(health, metrics, timer)
         if fired < run.timer.batch:
-            await wait_or_stop(stop, run.timer.interval_s)
+            await wait_or_stop(stop, await run.timer.pause_s())
 
     async def heartbeat_step() -> None:
         await run.heartbeat.beat(run.engine.rules, run.engine.clock())

@@ -24,6 +24,10 @@ from .store import AnyRedis
 log = logging.getLogger("rotation_fsm.timer")
 
 
+#: the shortest wait between scans (a deadline whose tick changes nothing must not spin)
+MIN_PAUSE_S = 0.002
+
+
 class Timer:
     """Fires the timeouts of one book."""
 
@@ -45,6 +49,16 @@ class Timer:
         self.clock = clock
         self.fired = 0
         self._sent: set[str] = set()  # ticked in the submission whose commit may be in flight
+
+    async def pause_s(self) -> float:
+        """How long to wait before the next scan: until the next deadline, at most
+        `interval_s`, at least `MIN_PAUSE_S` — a deadline is fired as it passes, not up
+        to a whole interval later."""
+        head = await self.redis.zrange(self.keys.deadlines, 0, 0, withscores=True)
+        if not head:
+            return self.interval_s
+        due_in_s = (float(head[0][1]) - self.clock()) / 1000
+        return min(self.interval_s, max(MIN_PAUSE_S, due_in_s))
 
     async def run_once(self) -> int:
         """Hand overdue rotations (up to `batch`) to the engine; return the count.
