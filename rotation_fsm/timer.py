@@ -53,8 +53,10 @@ class Timer:
     async def pause_s(self) -> float:
         """How long to wait before the next scan: until the next deadline, at most
         `interval_s`, at least `MIN_PAUSE_S` — a deadline is fired as it passes, not up
-        to a whole interval later."""
-        head = await self.redis.zrange(self.keys.deadlines, 0, 0, withscores=True)
+        to a whole interval later. (ZRANGEBYSCORE: the command the engine's ACL allows.)"""
+        head = await self.redis.zrangebyscore(
+            self.keys.deadlines, "-inf", "+inf", start=0, num=1, withscores=True
+        )
         if not head:
             return self.interval_s
         due_in_s = (float(head[0][1]) - self.clock()) / 1000
