@@ -29,6 +29,10 @@
  *                 on: the same race through another replica's release (invariant 1).
  *   -DNO_GUARD    the commit applies whatever the book version: a doubled close
  *                 (invariant 2, with -DCHECK=2).
+ *   -DNO_TIMER    no replica scans the deadline index: a rotation whose close result is
+ *                 lost never ends (invariant 4, with -DMAXLOST=1).
+ *   -DACK_ON_READ the listener acks a plan entry when it reads it, not in the commit: a
+ *                 kill before the commit loses it (invariant 5, with -DMAXCRASH=1).
  *   -DCHECK=mask  which invariants are asserted: bit n-1 for invariant n (default all).
  *
  * -DTTL (permits and reservations run out) is not a fault but an open race: spin finds
@@ -286,6 +290,7 @@ active proctype Monitor() {
     for (i : 0 .. NROT - 1) {
       assert(!INV(4) || !r_idx[i])                         /* 4: every rotation final */
     }
+    check_acked()                                          /* 5: and each one in the book */
   }
 }
 
@@ -633,8 +638,12 @@ inline commit() {
               && (!busy[rs_own[k]] || steals < MAXSTEAL) -> \
        steals = steals + busy[rs_own[k]]; rs_own[k] = me; busy[me] = 1; ik = IN_RESULT; ie = k }
 
+#ifdef NO_TIMER
+#define SCAN(r)
+#else
 #define SCAN(r) \
   :: atomic { r_idx[r] && r_due[r] -> busy[me] = 1; ik = IN_TICK; ie = r }
+#endif
 
 /* kill -9 here: restarted, or gone for good (its pending entries wait for a claim) */
 #define CRASH \
@@ -661,7 +670,11 @@ proctype Replica(byte me) {
 end_idle:
   /* ------------------------------------------ listener and timer: one input */
   if
+#ifdef ACK_ON_READ
+  :: atomic { gpl < npl -> ie = gpl; gpl++; pl_st[ie] = ACKED; busy[me] = 1; ik = IN_PLAN }
+#else
   :: atomic { gpl < npl -> ie = gpl; gpl++; pl_st[ie] = PENDING; pl_own[ie] = me; busy[me] = 1; ik = IN_PLAN }
+#endif
   :: atomic { grs < nrs -> ie = grs; grs++; rs_st[ie] = PENDING; rs_own[ie] = me; busy[me] = 1; ik = IN_RESULT }
   READ_OWN_PLAN(0) READ_OWN_PLAN(1) READ_OWN_PLAN(2)
   READ_OWN_PLAN(3) READ_OWN_PLAN(4) READ_OWN_PLAN(5)

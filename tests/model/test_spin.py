@@ -41,11 +41,14 @@ CONFIGURATIONS = {
     ],
 }
 
-#: A seeded fault, and the invariant spin must then report violated.
+#: A seeded fault, and the invariant spin must then report violated: one for each
+#: invariant, so none of the checks can pass for want of looking.
 FAULTS = {
     "snapshot-race-without-settling": (["-DNO_SETTLE"], 1),
     "snapshot-race-without-forward-views": (["-DNO_FORWARD"], 1),
     "doubled-close-without-version-guard": (["-DNO_GUARD", "-DCHECK=2"], 2),
+    "rotation-never-final-without-timer": (["-DNO_TIMER", "-DMAXLOST=1"], 4),
+    "entry-lost-when-acked-on-read": (["-DACK_ON_READ"], 5),
 }
 
 # Smallest world in which the faults show: no kills, no claim from a live consumer.
