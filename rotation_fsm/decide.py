@@ -826,22 +826,30 @@ def decide_extend(rec: RotationRecord, deadline_ms: int, now_ms: int, by: str) -
 
 
 def tidy_reservations(view: BookView, market: Market, rules: Rules, now_ms: int) -> list[Effect]:
-    """Reservations that end before a batch is decided.
+    """Reservations that end before a batch is decided, on the view it decides on.
 
-    Past their TTL (a lost result must not hold a slot for ever), or settled: no
-    entry holds them any more and `market` is as of a time after their last fill was
-    read (plus `rules.clock_skew_ms`, for replicas whose clocks differ), so the view
-    itself counts the position now. Not ended merely by the symbol showing open:
-    another entry for it may still be on its way and would open it again after a
-    close (the symbol is counted once anyway).
+    A reservation ends once `market` is known to show whatever its holders did
+    (plus `rules.clock_skew_ms`, for replicas whose clocks differ), so the view itself
+    counts the position from then on: settled, when nobody holds it any more and the
+    view is as of after its last fill was read; or run out, past its TTL (a lost
+    result must not hold a slot for ever) and the view as of after that TTL, since a
+    holder may have filled up to the moment its permit expired with it. A view from
+    before that moment, or none, keeps the slot counted. Never ended merely by the
+    symbol showing open: another entry for it may still be on its way and would open
+    it again after a close (the symbol is counted once anyway).
     """
     margin = rules.clock_skew_ms
-    return [
-        Release(sym)
-        for sym, res in sorted(view.reservations.items())
-        if res.until_ms <= now_ms
-        or (res.settling and market.shows_after(sym, res.filled_ms + margin))
-    ]
+    ended: list[Effect] = []
+    for sym, res in sorted(view.reservations.items()):
+        if res.settling:
+            proof_ms = res.filled_ms
+        elif res.until_ms <= now_ms:
+            proof_ms = res.until_ms
+        else:
+            continue
+        if market.shows_after(sym, proof_ms + margin):
+            ended.append(Release(sym))
+    return ended
 
 
 def decide_one(

@@ -342,19 +342,20 @@ class BookModel(RuleBasedStateMachine):
         return set(self.visible) | set(self.reservations) | self.targets()
 
     def _expire(self, mkt: Market) -> list[str]:
-        """Reservations the batch ends before anything else: past their TTL, or held by
-        nobody with their last fill older than the snapshot (clock skew allowed for)."""
+        """Reservations the batch ends before anything else, once its snapshot is as of
+        after what they wait for (clock skew allowed for): held by nobody, their last
+        fill; past their TTL, the TTL (a holder may have filled until then)."""
         skew = self.rules.clock_skew_ms
-        gone = sorted(
-            s
-            for s, (_, until) in self.reservations.items()
-            if until <= self.now
-            or (
-                not self.holders.get(s)
-                and mkt.positions is not None
-                and mkt.as_of_ms >= self.filled.get(s, 0) + skew
-            )
-        )
+        gone: list[str] = []
+        for s, (_, until) in sorted(self.reservations.items()):
+            if not self.holders.get(s):
+                proof = self.filled.get(s, 0)
+            elif until <= self.now:
+                proof = until
+            else:
+                continue
+            if mkt.positions is not None and mkt.as_of_ms >= proof + skew:
+                gone.append(s)
         for symbol in gone:
             self._release(symbol)
         return gone

@@ -390,10 +390,20 @@ def test_an_entry_joining_a_settling_reservation_holds_it_again(book):
 def test_reservation_ends_after_its_ttl_not_when_the_position_shows(book):
     send(book, plan("p-1", "NEWUSDT"), market(), rl=rules(reservation_ttl_s=60))
     send(book, plan("p-2", "BNBUSDT"), market(), rl=rules(reservation_ttl_s=60))
-    book.feed([], market(position("BNBUSDT")), rules(), NOW_MS + 1)
+    book.feed([], market(position("BNBUSDT"), as_of_ms=NOW_MS + 1), rules(), NOW_MS + 1)
     assert set(book.view.reservations) == {"BNBUSDT", "NEWUSDT"}
-    book.feed([], market(), rules(), NOW_MS + 60_000)
+    after_ttl = NOW_MS + 60_000 + rules().clock_skew_ms
+    book.feed([], market(as_of_ms=after_ttl), rules(), after_ttl)
     assert book.view.reservations == {}
+
+
+def test_a_reservation_past_its_ttl_counts_against_a_view_from_before_it_ran_out(book):
+    # Its entry may have filled up to the moment its permit expired with it (the
+    # result late or lost): a view from before then need not show the position.
+    send(book, plan("p-1", "NEWUSDT"), market(*book_of(2)), rl=rules(reservation_ttl_s=60))
+    old_view = market(*book_of(2), as_of_ms=NOW_MS + 59_000)
+    d = send(book, plan("p-2", "BNBUSDT"), old_view, NOW_MS + 61_000)
+    assert d.reason != R.SLOTS_AVAILABLE and "NEWUSDT" in book.view.reservations
 
 
 def test_the_plans_own_symbol_and_held_symbols_are_never_targets():
@@ -472,11 +482,12 @@ def test_a_plan_for_the_symbol_being_rotated_out_waits(book):
 
 def test_a_late_result_of_an_expired_reservation_leaves_the_next_one_alone(book):
     send(book, plan("p-1", "NEWUSDT"), market(), rl=rules(reservation_ttl_s=60))
-    book.feed([], market(), rules(), NOW_MS + 60_000)  # p-1's reservation ran out
+    later = NOW_MS + 60_000 + rules().clock_skew_ms
+    book.feed([], market(as_of_ms=later), rules(), later)  # p-1's reservation ran out
     assert book.view.reservations == {}
-    send(book, plan("p-2", "NEWUSDT"), market(), NOW_MS + 60_001)
+    send(book, plan("p-2", "NEWUSDT"), market(as_of_ms=later), later + 1)
     late = [ResultIn("3-0", result("p-1", executed=False, reduce_only=False))]
-    book.feed(late, market(), rules(), NOW_MS + 60_002)
+    book.feed(late, market(as_of_ms=later), rules(), later + 2)
     res = book.view.reservations["NEWUSDT"]
     assert (res.plan_id, res.holders) == ("p-2", 1)
 
