@@ -86,6 +86,7 @@ from services.paper_exchange.apply import (
 )
 from services.paper_exchange.book import FAULTS, PaperBook
 from services.paper_exchange.protocol import make_app
+from services.paper_exchange.user_stream import UserStream
 
 from . import reasons as R
 from .audit import AuditBatch, parse_entry
@@ -107,6 +108,8 @@ Entry = tuple[str, dict[str, str]]
 DEADLINE_GRACE_MS = 1000
 #: the exchange faults, as `PaperBook.fault` spells them
 EXCHANGE_FAULTS = tuple(sorted(FAULTS))
+#: the user-data stream's faults (`UserStream`'s switches)
+STREAM_FAULTS = ("drop", "expire", "lose", "silent")
 #: the engines' consumer group (GOV_CONSUMER_GROUP's default: the run does not set it)
 ENGINE_GROUP = "rotation-fsm"
 #: BLOCK reasons the engine never changes once given (contract §3a)
@@ -749,7 +752,7 @@ class ChaosConfig:
 class Fault:
     """One scheduled fault: what, when (s from the start) and for how long."""
 
-    kind: str  # exchange:<fault>, redis:restart, redis:cut
+    kind: str  # exchange:<fault>, stream:<fault>, redis:restart, redis:cut
     at_s: float
     for_s: float = 0.0
 
@@ -767,6 +770,12 @@ def schedule(seconds: float, cut_s: float) -> list[Fault]:
         Fault("redis:cut", cut_at, cut),
         Fault("exchange:timeout", max(0.68 * seconds, cut_at + cut + 1.0), window),
         Fault("exchange:garbage", 0.85 * seconds, window),
+        # The user-data stream's own faults: the view must reconnect, take a new key,
+        # and repair what it missed from REST, with the slot cap holding meanwhile.
+        Fault("stream:drop", 0.16 * seconds),
+        Fault("stream:lose", 0.34 * seconds),
+        Fault("stream:expire", 0.55 * seconds),
+        Fault("stream:silent", 0.75 * seconds, window),
     ]
     return sorted(faults, key=lambda f: f.at_s)
 
@@ -803,6 +812,11 @@ def engine_env(cfg: ChaosConfig, redis_url: str, exchange_url: str) -> dict[str,
         "GOV_ROTATION_THRESHOLD": "0",
         # the checker needs every audited commit: never trimmed during a run
         "GOV_AUDIT_MAXLEN": "10000000",
+        # REST is off the decision path now: reconcile often, so that every REST fault
+        # window is met (and lost or unsaid stream events are repaired within the run);
+        # the replicas share the paper exchange's per-IP weight limit
+        "GOV_EXCHANGE_RECONCILE_S": "2",
+        "GOV_EXCHANGE_WEIGHT_SHARE": f"{1 / max(1, cfg.replicas):.3f}",
     }
 
 
@@ -948,6 +962,7 @@ class ChaosRun:
         self.keys = Keys()
         self.server = RedisProcess(data_dir=workdir / "redis", port=free_port(), appendonly=True)
         self.book = ChaosBook()
+        self.stream = UserStream(self.book)
         self.stop = asyncio.Event()
         self.produced = Produced()
         self.faults: Counter[str] = Counter()
@@ -1009,7 +1024,7 @@ class ChaosRun:
         )
         self.apply.observers.append(_log_outcome)
         await self.apply.ensure_group()
-        app = make_app(self.book, api_key=API_KEY, api_secret=API_SECRET)
+        app = make_app(self.book, api_key=API_KEY, api_secret=API_SECRET, stream=self.stream)
         # The timeout fault keeps answers hanging for 30 s: do not wait for them at the end.
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self.runner.setup()
@@ -1108,10 +1123,31 @@ class ChaosRun:
             self.book.fault = what
             await asyncio.sleep(fault.for_s)
             self.book.fault = None
+        elif kind == "stream":
+            await self._stream_fault(what, fault.for_s)
         elif what == "restart":
             self._restart_redis()
         else:
             await self._cut_redis(fault.for_s)
+
+    async def _stream_fault(self, what: str, for_s: float) -> None:
+        """A fault of the user-data stream: cut, an event lost, the key expired, or
+        silent (connected, saying nothing) for `for_s` seconds."""
+        self.faults[f"stream_{what}"] += 1
+        if what == "drop":
+            self.note("user-data stream: every connection cut")
+            self.stream.drop_sockets()
+        elif what == "lose":
+            self.note("user-data stream: the next 3 account events are lost")
+            self.stream.lose_events(3)
+        elif what == "expire":
+            self.note("user-data stream: listenKeys expired")
+            self.stream.expire_keys()
+        else:
+            self.note(f"user-data stream silent for {for_s:.1f} s")
+            self.stream.silent = True
+            await asyncio.sleep(for_s)
+            self.stream.silent = False
 
     def _restart_redis(self) -> None:
         """kill -9 and start again on the same port and directory: the AOF reloads.
@@ -1409,6 +1445,8 @@ def _fault_figures(run: ChaosRun) -> dict[str, int]:
         "redis_cut_ms": run.faults["redis_cut_ms"],
     }
     out |= {f"exchange_{kind}": run.book.faults_served[kind] for kind in EXCHANGE_FAULTS}
+    out |= {f"stream_{kind}": run.faults[f"stream_{kind}"] for kind in STREAM_FAULTS}
+    out["stream_events_lost"] = run.stream.counts["lost"]
     out["orders_rejected"] = apply_stats["rejected"]
     out["results_lost"] = apply_stats["lost"]
     # fills whose result could not be written while Redis was away: lost results too

@@ -476,7 +476,9 @@ def decide_plan(ctx: _Ctx) -> list[Effect]:
     if plan.symbol not in universe:
         return _answer(ctx, R.BLOCK, R.NOT_IN_UNIVERSE, with_slots=False)
     if market.positions is None or (rules.margin_gate_on and market.account is None):
-        return _answer(ctx, R.BLOCK, R.POSITIONS_UNAVAILABLE, with_slots=False)
+        # A view that was good but is too old says so: never decided on, fail closed.
+        reason = R.EXCHANGE_STALE if market.stale else R.POSITIONS_UNAVAILABLE
+        return _answer(ctx, R.BLOCK, reason, with_slots=False)
     if (
         market.account is not None
         and rules.margin_gate_on

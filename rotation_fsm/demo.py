@@ -42,6 +42,7 @@ from services.paper_exchange.book import PaperBook
 from services.paper_exchange.protocol import make_app
 
 from . import reasons as R
+from .account_view import AccountView
 from .keys import Keys
 from .messages import as_text, fields_text
 from .redis_process import RedisProcess, find_redis_server
@@ -221,16 +222,21 @@ class World:
     sim: IntentSimulator
     out: Out
     failures: list[str] = field(default_factory=list)
+    views: list[AccountView] = field(default_factory=list)  # the engine's exchange views
 
     def open_position(self, symbol: str, notional: float = 300.0) -> None:
         """Put a position straight on the paper book (it was opened before the demo)."""
         price = price_for(self.book, symbol)
         self.book.open(symbol, round(notional / price, 6), price)
 
-    def weaken(self, symbol: str, loss: float) -> None:
-        """Mark `symbol` down by `loss` (a fraction): it becomes the weakest position."""
+    async def weaken(self, symbol: str, loss: float) -> None:
+        """Mark `symbol` down by `loss` (a fraction): it becomes the weakest position.
+        The engine's exchange view then reconciles: the user-data stream carries no
+        mark price, so a mark set by hand reaches the view only through REST."""
         position = self.book.positions[symbol]
         self.book.set_mark(symbol, position.entry_price * (1.0 - loss))
+        for view in self.views:
+            await view.refresh_now()
 
     def describe_book(self, desired: int) -> str:
         parts = []
@@ -281,7 +287,7 @@ async def scenario_free_slot(w: World) -> None:
 async def scenario_full_book(w: World) -> tuple[str, str]:
     w.out.header("2/4  Book full: a rotation lock, and a close plan for the weakest")
     w.open_position("XRPUSDT")
-    w.weaken("ETHUSDT", 0.03)
+    await w.weaken("ETHUSDT", 0.03)
     w.out.say(f"  {w.describe_book(4)}; ETHUSDT is the weakest")
     # No confidence: the rotation threshold (contract §5) compares it with the entry
     # confidence of the weakest, which an earlier run on the same Redis may have recorded.
@@ -310,7 +316,7 @@ async def scenario_confirmed(w: World, pid: str, close_id: str) -> None:
 
 async def scenario_timeout(w: World) -> None:
     w.out.header("4/4  No confirmation: the rotation times out")
-    w.weaken("XRPUSDT", 0.04)
+    await w.weaken("XRPUSDT", 0.04)
     w.out.say(f"  {w.describe_book(4)}; XRPUSDT is the weakest")
     w.out.say("  the paper exchange will execute the close but lose its result")
     pid = await w.send("DOGEUSDT", None)
@@ -563,6 +569,7 @@ async def play(redis_url: str, seconds: float, out: Out, interrupt: asyncio.Even
         running = await asyncio.wait_for(started, 10)
         _on_signals(interrupt)  # the engine took SIGINT/SIGTERM for its own stop: take back
         await _engine_ready(running)
+        w.views = [run.view for run in running.books.values()]
         out.say(f"  paper exchange      http://127.0.0.1:{port}  (Binance USD-M futures REST)")
         out.say(f"  web console at      http://127.0.0.1:{running.http_port}/")
         out.say(f"  policy universe     {', '.join(UNIVERSE)}  ({keys.policy})")

@@ -26,7 +26,9 @@ from .decide import (
     Input,
     Market,
     PlanIn,
+    ResultIn,
     SaveRotation,
+    ViewAsOf,
     decide_batch,
 )
 from .errors import RotationFsmError
@@ -49,6 +51,13 @@ class Exchange(Protocol):
     async def positions(self) -> list[Position]: ...
     async def account(self) -> Account: ...
     async def klines(self, symbol: str) -> list[Kline]: ...
+
+
+class MarketView(Protocol):
+    """A live view of the exchange account (see `account_view.AccountView`)."""
+
+    async def market(self, symbols: list[str], rules: Rules, at_least_ms: int = 0) -> Market: ...
+    def want_refresh(self, as_of_ms: int) -> None: ...
 
 
 class CommitConflict(RotationFsmError, RuntimeError):
@@ -104,6 +113,25 @@ async def fetch_market(
     )
 
 
+def closes_read(inputs: Sequence[Input]) -> bool:
+    """Some input is the result of an executed close (a position went flat)."""
+    return any(_is_close(i) for i in inputs)
+
+
+def _is_close(item: Input) -> bool:
+    return isinstance(item, ResultIn) and item.result.executed and item.result.reduce_only
+
+
+def split_after_closes(inputs: Sequence[Input]) -> list[Sequence[Input]]:
+    """`inputs` in one part, or two when OPEN plans follow an executed close: the
+    plans then wait for a view as of after it (see `BookEngine._decide`)."""
+    last = max((n for n, item in enumerate(inputs) if _is_close(item)), default=-1)
+    later = inputs[last + 1 :]
+    if last < 0 or not any(isinstance(i, PlanIn) and not i.plan.is_close for i in later):
+        return [inputs]
+    return [inputs[: last + 1], later]
+
+
 def _behind(market: Market, view: BookView) -> bool:
     """The book already decided on a newer exchange view than `market` (the core
     would refuse it: see `decide.newest_view`)."""
@@ -153,10 +181,19 @@ class BookEngine:
         self.conflicts = 0
         self.observers: list[Callable[[Sequence[Effect], int], None]] = []
         self.tally_observers: list[Callable[[Tally, int], None]] = []  # e.g. metrics
+        #: when set, batches decide on this live view instead of asking the exchange
+        self.view: MarketView | None = None
+        self._view_floor_ms = 0  # the newest exchange view the book was seen to rest on
         self.conflict_hooks: list[Callable[[], None]] = []
 
     async def handle(self, inputs: Sequence[Input]) -> list[Effect]:
         """Decide `inputs` and commit their effects exactly once; return the effects."""
+        effects: list[Effect] = []
+        for part in split_after_closes(inputs):
+            effects += await self._handle(part)
+        return effects
+
+    async def _handle(self, inputs: Sequence[Input]) -> list[Effect]:
         if not inputs:
             return []
         market = await self._fetch(needs_market(inputs, self.rules), self.rules)
@@ -167,8 +204,16 @@ class BookEngine:
     async def submit(
         self, inputs: Sequence[Input], on_lost: Callable[[], None] | None = None
     ) -> None:
-        """Like `handle`, pipelined: decide `inputs` while the previous submission's
-        commit is still in flight, then send this commit once that one is known.
+        """Like `handle`, pipelined (see `_submit`); a batch whose OPEN plans follow a
+        close is decided in two parts, the plans on a view as of after the close."""
+        for part in split_after_closes(inputs):
+            await self._submit(part, on_lost)
+
+    async def _submit(
+        self, inputs: Sequence[Input], on_lost: Callable[[], None] | None = None
+    ) -> None:
+        """Decide `inputs` while the previous submission's commit is still in flight,
+        then send this commit once that one is known.
 
         The load may see the book before or after the commit in flight lands. The
         version is read first, and applying a commit's effects to a view is an
@@ -189,6 +234,7 @@ class BookEngine:
                     view.apply(effect)
                 view.version += 1
             rules = self._live(view.settings_raw)
+            self._view_floor_ms = max(self._view_floor_ms, view.view_as_of_ms)
             if set(needs_market(inputs, rules)) - set(wanted) or _behind(market, view):
                 # Rare: the settings changed what to ask the exchange, or another
                 # replica already decided on a newer exchange view than ours.
@@ -250,6 +296,7 @@ class BookEngine:
             started = time.perf_counter()
             view = await self.store.load(inputs, market)
             rules = self._live(view.settings_raw)
+            self._view_floor_ms = max(self._view_floor_ms, view.view_as_of_ms)
             if set(needs_market(inputs, rules)) - set(wanted) or _behind(market, view):
                 # The live settings changed under us (e.g. resumed), or another replica
                 # decided on a newer exchange view: ask again.
@@ -267,6 +314,15 @@ class BookEngine:
         raise CommitConflict(f"gave up after {self.max_attempts} conflicting commits")
 
     async def _fetch(self, symbols: list[str], rules: Rules) -> Market:
+        wait_ms = self._view_floor_ms - self.clock()
+        if symbols and wait_ms > 0:
+            # The book moved its view mark past a close read just now (plus the clock
+            # margin): only an answer asked for after that moment will do.
+            await asyncio.sleep(wait_ms / 1000)
+        if self.view is not None:
+            # No round trip while the view is fresh and as new as the newest view the
+            # book decided on (else it catches up with the book's shared snapshot).
+            return await self.view.market(symbols, rules, at_least_ms=self._view_floor_ms)
         return await fetch_market(self.exchange, symbols, rules, self.clock())
 
     def _landed(
@@ -293,6 +349,19 @@ class BookEngine:
         now_ms = self.clock()
         seed = seed_of(view)  # before deciding: the audit records what the batch found
         effects = decide_batch(inputs, view, market, rules, now_ms)
+        if closes_read(inputs) and now_ms + rules.clock_skew_ms > view.view_as_of_ms:
+            # A position closed and we read it now: a view not as of after this may
+            # still show it open, and an add "into" it (`slot_already_held`) would
+            # reopen a slot that was given away since (a live view whose stream lags,
+            # or is silent, while a rotation completes). The book's mark moves past
+            # it, so every replica decides its next OPEN plans on a newer view.
+            effects.append(ViewAsOf(now_ms + rules.clock_skew_ms))
+        if self.view is not None and any(
+            isinstance(i, ResultIn) and i.result.executed for i in inputs
+        ):
+            # An entry filled: its slot stays counted until the view is as of a later
+            # time, so ask the view to catch up (the next event or REST answer).
+            self.view.want_refresh(now_ms + rules.clock_skew_ms + 1)
         if effects:
             effects.append(batch_entry(inputs, seed, market, rules, now_ms, effects))
         return seed.version, effects, now_ms

@@ -1,9 +1,13 @@
-"""Binance USDⓈ-M futures REST client: positions, account and 1 h klines — or ExchangeUnavailable.
+"""Binance USDⓈ-M futures REST client: positions, account, 1 h klines and the user-data
+stream's listenKey — or ExchangeUnavailable.
 
 Fail closed: an answer we cannot fully parse is an error, never a guess. Transient
 failures (5xx, 429, timeouts, lost connections) are retried with jittered exponential
-backoff inside a time budget; everything else fails at once. The API key, the secret,
-the signature and the signed query string never appear in an error message.
+backoff inside a time budget; everything else fails at once. Every call goes through
+the process's request-weight budget (`weights.WeightBudget`): a 429 holds every call
+back until its `Retry-After` has passed, a 418 stops every call until the ban ends.
+The API key, the secret, the signature and the signed query string never appear in an
+error message.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import hashlib
 import hmac
 import itertools
+import logging
 import math
 import random
 import time
@@ -26,14 +31,24 @@ from yarl import URL
 
 from .errors import RotationFsmError
 from .market import Account, Kline, Position
+from .regime import WINDOW
+from .weights import RateLimited, WeightBudget, request_weight
+
+log = logging.getLogger("rotation_fsm.exchange")
 
 POSITION_RISK = "/fapi/v2/positionRisk"
 ACCOUNT = "/fapi/v2/account"
 KLINES = "/fapi/v1/klines"
+LISTEN_KEY = "/fapi/v1/listenKey"
+USED_WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
+#: Binance's error code for a listenKey that does not exist (any more)
+LISTEN_KEY_MISSING = -1125
 
 RECV_WINDOW_MS = 5000
 KLINE_INTERVAL = "1h"
-KLINE_LIMIT = 100
+#: the regime's window of closed candles plus the one still open, which is dropped: the
+#: smallest limit the maths needs (weight 2; a limit under 100 weighs 1 but is too short)
+KLINE_LIMIT = WINDOW + 1
 HOUR_MS = 3_600_000
 
 BACKOFF_FIRST_S = 0.1
@@ -46,12 +61,16 @@ DETAIL_MAX_CHARS = 120
 
 class ExchangeUnavailable(RotationFsmError):
     """The exchange gave no usable answer: names the endpoint, the HTTP status (if any)
-    and a short reason — never a credential, a signature or a signed query string."""
+    and a short reason — never a credential, a signature or a signed query string.
+    `code` is Binance's error code when it sent one."""
 
-    def __init__(self, endpoint: str, reason: str, *, status: int | None = None) -> None:
+    def __init__(
+        self, endpoint: str, reason: str, *, status: int | None = None, code: int | None = None
+    ) -> None:
         self.endpoint = endpoint
         self.status = status
         self.reason = reason
+        self.code = code
         where = f"{endpoint}: HTTP {status}" if status is not None else endpoint
         super().__init__(f"exchange unavailable: {where}: {reason}")
 
@@ -60,10 +79,16 @@ class _Transient(Exception):
     """One attempt failed in a way worth retrying."""
 
     def __init__(
-        self, reason: str, *, status: int | None = None, retry_after_s: float | None = None
+        self,
+        reason: str,
+        *,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        unsent: bool = False,
     ):
         super().__init__(reason)
         self.reason = reason
+        self.unsent = unsent  # the request never reached the exchange: no weight used
         self.status = status
         self.retry_after_s = retry_after_s
 
@@ -85,7 +110,10 @@ class ExchangeClient:
     `requests` made, `retries`, `failures` (ExchangeUnavailable raised) and `cache_hits`.
     `clock_ms` (default: wall clock) stamps signed requests and decides which candles
     have closed. A call that keeps failing transiently gives up once `retry_budget_s`
-    have passed (each attempt waits at most `request_timeout_s`).
+    have passed (each attempt waits at most `request_timeout_s`). `budget` is the
+    process's request-weight budget (one of its own when none is given).
+    `bad_pnl_symbols` names the open positions whose `unRealizedProfit` was not finite
+    in the last answer (counted open, with a profit of 0).
     """
 
     def __init__(
@@ -97,8 +125,11 @@ class ExchangeClient:
         request_timeout_s: float = 2.0,
         retry_budget_s: float = 4.0,
         clock_ms: Callable[[], int] | None = None,
+        budget: WeightBudget | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.budget = budget or WeightBudget()
+        self.bad_pnl_symbols: frozenset[str] = frozenset()
         self._api_key = api_key
         self._api_secret = api_secret
         self.request_timeout_s = request_timeout_s
@@ -139,7 +170,11 @@ class ExchangeClient:
     # ------------------------------------------------------------ endpoints
 
     async def positions(self) -> list[Position]:
-        """The open positions (|positionAmt| > 1e-8); dust and flat entries are dropped."""
+        """The open positions (|positionAmt| > 1e-8); dust and flat entries are dropped.
+
+        A position whose `unRealizedProfit` is not finite still holds its slot: it is
+        kept with a profit of 0, said once in the log and counted in `stats`
+        (`positionRisk.bad_pnl`), rather than failing every decision closed."""
         answer = await self._get(POSITION_RISK, [], signed=True)
         try:
             if not isinstance(answer, list):
@@ -147,7 +182,31 @@ class ExchangeClient:
             parsed = [_position(row) for row in answer]
         except _Garbage as exc:
             raise self._failed(POSITION_RISK, f"malformed answer: {exc}") from None
-        return [p for p in parsed if p.is_open]
+        opened = [p for p, _ in parsed if p.is_open]
+        self._note_bad_pnl(frozenset(p.symbol for p, bad in parsed if bad and p.is_open))
+        return opened
+
+    def _note_bad_pnl(self, symbols: frozenset[str]) -> None:
+        if symbols - self.bad_pnl_symbols:
+            log.warning(
+                "positionRisk: unRealizedProfit not finite for %s: counted open, profit 0",
+                ",".join(sorted(symbols - self.bad_pnl_symbols)),
+            )
+        if symbols:
+            self._count(POSITION_RISK, "bad_pnl", len(symbols))
+        self.bad_pnl_symbols = symbols
+
+    async def new_listen_key(self) -> str:
+        """A listenKey for the user-data stream (POST: the same key while one is valid)."""
+        answer = await self._send("POST", LISTEN_KEY, [], signed=False)
+        key = answer.get("listenKey") if isinstance(answer, dict) else None
+        if not isinstance(key, str) or not key:
+            raise self._failed(LISTEN_KEY, "malformed answer: no listenKey")
+        return key
+
+    async def keep_alive(self, listen_key: str) -> None:
+        """Extend the listenKey's validity by 60 minutes (PUT); code -1125 when it is gone."""
+        await self._send("PUT", LISTEN_KEY, [("listenKey", listen_key)], signed=False)
 
     async def account(self) -> Account:
         """Total initial margin and total margin balance of the futures account."""
@@ -164,8 +223,8 @@ class ExchangeClient:
     async def klines(self, symbol: str) -> list[Kline]:
         """The last closed 1 h klines of `symbol` (up to 100, oldest first).
 
-        The candle still open is dropped. An answer is reused until its next candle
-        closes, so asking again within the same hour costs no request.
+        The candle still open is dropped. An answer (an empty one too) is reused until
+        its next candle closes, so asking again within the same hour costs no request.
         """
         cached = self._klines_cache.get(symbol)
         if cached is not None and self._clock_ms() <= cached[0]:
@@ -179,16 +238,23 @@ class ExchangeClient:
             raise self._failed(KLINES, f"malformed answer for {symbol}: {exc}") from None
         now_ms = self._clock_ms()
         closed = [k for k in candles if k.close_time_ms < now_ms]
-        if closed:
-            # The next candle closes one hour after the last closed one; until then
-            # the exchange has nothing new for us.
-            self._klines_cache[symbol] = (closed[-1].close_time_ms + HOUR_MS, closed)
+        # The next candle closes one hour after the last closed one (with none, when
+        # the hour turns); until then the exchange has nothing new for us.
+        until_ms = (
+            closed[-1].close_time_ms + HOUR_MS if closed else (now_ms // HOUR_MS + 1) * HOUR_MS
+        )
+        self._klines_cache[symbol] = (until_ms, closed)
         return list(closed)
 
     # ------------------------------------------------------------ transport
 
     async def _get(self, path: str, params: list[tuple[str, str]], *, signed: bool) -> Any:
         """The decoded JSON of a 200 answer, retrying transient failures within the budget."""
+        return await self._send("GET", path, params, signed=signed)
+
+    async def _send(
+        self, method: str, path: str, params: list[tuple[str, str]], *, signed: bool
+    ) -> Any:
         session = self._require_session(path)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry_budget_s
@@ -196,9 +262,16 @@ class ExchangeClient:
         attempt = 0
         while True:
             attempt += 1
+            weight = request_weight(path, dict(params))
             try:
-                return await self._attempt(session, path, params, signed, timeout_s)
+                await self.budget.acquire(weight, max(0.0, deadline - loop.time()))
+            except RateLimited as limited:
+                raise self._failed(path, limited.reason) from None
+            try:
+                return await self._attempt(session, method, path, params, signed, timeout_s)
             except _Transient as failure:
+                if failure.unsent:
+                    self.budget.refund(weight)
                 wait_s = failure.retry_after_s
                 if wait_s is None:
                     wait_s = self._backoff_s(attempt)
@@ -215,19 +288,26 @@ class ExchangeClient:
     async def _attempt(
         self,
         session: aiohttp.ClientSession,
+        method: str,
         path: str,
         params: list[tuple[str, str]],
         signed: bool,
         timeout_s: float,
     ) -> Any:
-        query, headers = self._signed(params) if signed else (urlencode(params), {})
+        if signed:
+            query, headers = self._signed(params)
+        else:
+            query = urlencode(params)
+            # The listenKey calls need the key (not a signature); klines need neither.
+            headers = {"X-MBX-APIKEY": self._api_key} if path == LISTEN_KEY else {}
         # encoded=True: the bytes sent must be the bytes signed.
         url = URL(
             f"{self.base_url}{path}?{query}" if query else f"{self.base_url}{path}", encoded=True
         )
         self._count(path, "requests")
         try:
-            async with session.get(
+            async with session.request(
+                method,
                 url,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
@@ -237,11 +317,15 @@ class ExchangeClient:
                 body = await resp.read()
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
+                self.budget.observe(
+                    status, resp.headers.get(USED_WEIGHT_HEADER), _seconds(retry_after)
+                )
         except TimeoutError:
             raise _Transient(f"no answer within {timeout_s:.2f}s") from None
         except (aiohttp.ClientError, OSError) as exc:
             # The exception text may quote the URL (with the signature): only its type.
-            raise _Transient(f"connection failed ({type(exc).__name__})") from None
+            unsent = isinstance(exc, aiohttp.ClientConnectorError)  # never reached it
+            raise _Transient(f"connection failed ({type(exc).__name__})", unsent=unsent) from None
         return self._answer(path, status, body, retry_after)
 
     def _answer(self, path: str, status: int, body: bytes, retry_after: str | None) -> Any:
@@ -250,12 +334,12 @@ class ExchangeClient:
                 return msgspec.json.decode(body)
             except msgspec.DecodeError:
                 raise self._failed(path, "answer is not JSON", status) from None
-        detail = self._detail(body)
+        detail, code = self._detail(body)
         if status == 429 or status >= 500:
             raise _Transient(detail, status=status, retry_after_s=_seconds(retry_after))
-        # Other 4xx (-1022 bad signature, -2015 bad key, -1021 clock skew...) will not
-        # get better by asking again.
-        raise self._failed(path, detail, status)
+        # 418 (banned) and other 4xx (-1022 bad signature, -2015 bad key, -1021 clock
+        # skew...) will not get better by asking again.
+        raise self._failed(path, detail, status, code)
 
     def _signed(self, params: list[tuple[str, str]]) -> tuple[str, dict[str, str]]:
         stamped = [
@@ -273,17 +357,22 @@ class ExchangeClient:
         step = min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2.0 ** min(attempt - 1, 16))
         return step / 2 + self._rng.uniform(0.0, step / 2)
 
-    def _detail(self, body: bytes) -> str:
-        """Binance's `code msg`, or the start of a non-JSON body; credentials scrubbed."""
+    def _detail(self, body: bytes) -> tuple[str, int | None]:
+        """Binance's `code msg` (and the code), or the start of a non-JSON body;
+        credentials scrubbed."""
         try:
             error = msgspec.json.decode(body)
         except msgspec.DecodeError:
             error = None
+        code = None
         if isinstance(error, dict) and "code" in error:
             text = f"{error.get('code')} {error.get('msg', '')}".strip()
+            raw_code = error.get("code")
+            if isinstance(raw_code, int) and not isinstance(raw_code, bool):
+                code = raw_code
         else:
             text = body[:DETAIL_MAX_CHARS].decode("utf-8", errors="replace").strip()
-        return self._redact(text)[:DETAIL_MAX_CHARS] or "no detail"
+        return self._redact(text)[:DETAIL_MAX_CHARS] or "no detail", code
 
     def _redact(self, text: str) -> str:
         for secret in (self._api_key, self._api_secret):
@@ -291,13 +380,15 @@ class ExchangeClient:
                 text = text.replace(secret, "***")
         return text
 
-    def _failed(self, path: str, reason: str, status: int | None = None) -> ExchangeUnavailable:
+    def _failed(
+        self, path: str, reason: str, status: int | None = None, code: int | None = None
+    ) -> ExchangeUnavailable:
         self._count(path, "failures")
-        return ExchangeUnavailable(path, self._redact(reason), status=status)
+        return ExchangeUnavailable(path, self._redact(reason), status=status, code=code)
 
-    def _count(self, path: str, kind: str) -> None:
+    def _count(self, path: str, kind: str, n: int = 1) -> None:
         key = f"{path.rsplit('/', 1)[-1]}.{kind}"
-        self.stats[key] = self.stats.get(key, 0) + 1
+        self.stats[key] = self.stats.get(key, 0) + n
 
     def _require_session(self, path: str) -> aiohttp.ClientSession:
         if self._session is None:
@@ -362,18 +453,30 @@ def _price(value: Any, name: str) -> float:
     return number
 
 
-def _position(raw: Any) -> Position:
+def _position(raw: Any) -> tuple[Position, bool]:
+    """One positionRisk row, and whether its `unRealizedProfit` was not finite."""
     row = _mapping(raw)
     symbol = _field(row, "symbol")
     if not isinstance(symbol, str) or not symbol:
         raise _Garbage(f"symbol is not a non-empty string: {symbol!r:.40}")
-    return Position(
+    profit = _loose_number(_field(row, "unRealizedProfit"), "unRealizedProfit")
+    position = Position(
         symbol=symbol,
         position_amt=_number(row, "positionAmt"),
         mark_price=_number(row, "markPrice"),
-        unrealized_profit=_number(row, "unRealizedProfit"),
+        unrealized_profit=0.0 if profit is None else profit,
         update_time_ms=_millis(_field(row, "updateTime"), "updateTime"),
     )
+    return position, profit is None
+
+
+def _loose_number(value: Any, name: str) -> float | None:
+    """A number that may be non-finite (None then); anything else malformed raises."""
+    if isinstance(value, str) and value.strip().lower().lstrip("+-") in {"nan", "inf", "infinity"}:
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return _to_float(value, name)
 
 
 def _kline(raw: Any, index: int) -> Kline:

@@ -116,6 +116,7 @@ def plan_facts(
         "open": sorted(market.open_symbols) if market.positions is not None else None,
         "positions_error": market.positions_error,
         "account_error": market.account_error,
+        "exchange_view": market.view,
         "reserved": sorted(view.reservations),
         "rotation_targets": targets,
         "occupied": taken,
@@ -279,6 +280,9 @@ def _slot_reasons(reason: str, f: dict[str, Any], rotation_id: str) -> list[str]
 
 
 def _gate_reasons(reason: str, f: dict[str, Any]) -> list[str]:
+    if reason == R.EXCHANGE_STALE:
+        why = f["positions_error"]
+        return [f"The exchange view was too old to decide on ({why}): fail closed."]
     if reason == R.NOT_IN_UNIVERSE:
         return [f"{f['symbol']} is not among the {f.get('universe_size', 0)} policy symbols."]
     if reason == R.NO_POLICY:
@@ -347,6 +351,8 @@ def because(m: Moment, rotation: RotationRecord | None) -> list[str]:
         if reason in _SLOTTED:
             lines += [regime_sentence(m.facts), occupancy_sentence(m.facts)]
         lines += _slot_reasons(reason, m.facts, rotation_id) + _gate_reasons(reason, m.facts)
+        if m.facts.get("exchange_view"):
+            lines.append(f"Decided on the exchange view {m.facts['exchange_view']}.")
     elif rotation is not None:
         lines.append(ending_sentence(rotation, verdict, reason))
     if m.today is not None and (m.today.decision, m.today.reason) != (verdict, reason):

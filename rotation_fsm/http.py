@@ -15,6 +15,7 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .account_view import POLLING, STARTING, STREAM, AccountView
 from .book_gauges import read_book_gauges
 from .controls import DEADLINE_FROM_NOW, Controls, Refused
 from .machine import IN_FLIGHT
@@ -27,7 +28,8 @@ from .web.routes import add_console_routes
 
 @dataclass
 class Health:
-    """What /readyz reports: Redis reachable and the consumer groups in place."""
+    """What /readyz reports: Redis reachable, the consumer groups in place, and each
+    book's exchange view usable (its source, weight used and the cause of a failure)."""
 
     redis_ok: bool = False
     redis_out_of_memory: bool = False  # Redis answers but refuses writes (maxmemory)
@@ -35,10 +37,21 @@ class Health:
     groups_ok: bool = False
     last_error: str = ""
     stores: dict[str, Store] = field(default_factory=dict)
+    views: dict[str, AccountView] = field(default_factory=dict)
+
+    @property
+    def exchange_ok(self) -> bool:
+        """No book's view is stale or failing before its first snapshot."""
+        return all(_view_ok(v) for v in self.views.values())
 
     @property
     def ready(self) -> bool:
-        return self.redis_ok and self.groups_ok
+        return self.redis_ok and self.groups_ok and self.exchange_ok
+
+
+def _view_ok(view: AccountView) -> bool:
+    source = view.source
+    return source in (STREAM, POLLING) or (source == STARTING and not view.cause)
 
 
 # Probes and scrapers reach the engine by a service name (compose, Kubernetes): these
@@ -95,7 +108,9 @@ async def readyz(request: web.Request) -> web.Response:
         "redis": health.redis_ok,
         "redis_out_of_memory": health.redis_out_of_memory,
         "groups": health.groups_ok,
+        "exchange": health.exchange_ok,
         "error": health.last_error,
+        "exchange_views": {book or "-": v.state() for book, v in health.views.items()},
     }
     return web.json_response(body, status=200 if health.ready else 503)
 
@@ -278,6 +293,12 @@ def make_app(
     app.router.add_post("/api/resume", _handler("resume"))
     app.router.add_post("/api/rotations/{rotation_id}/abort", _handler("abort"))
     app.router.add_post("/api/rotations/{rotation_id}/extend", _handler("extend"))
-    add_console_routes(app, health.stores, controls=bool(token), max_live_pages=max_live_pages)
+    add_console_routes(
+        app,
+        health.stores,
+        controls=bool(token),
+        max_live_pages=max_live_pages,
+        exchange={book: view.state for book, view in health.views.items()},
+    )
     app.middlewares.append(check_host)  # inside the security headers: refusals carry them
     return app

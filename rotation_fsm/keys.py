@@ -134,6 +134,11 @@ class Keys:
         """String: marks an entry already dead-lettered (a redelivery writes nothing)."""
         return self.name(f"quantum:rotation:dead:{stream}:{entry_id}")
 
+    @property
+    def view_snapshot(self) -> str:
+        """The newest REST snapshot of the book's exchange account (its replicas share it)."""
+        return self.name("quantum:rotation:view_snapshot")
+
     def close_index(self, close_plan_id: str) -> str:
         """String: the rotation id a close plan id belongs to (results find it directly)."""
         return self.name(f"quantum:rotation:close:{close_plan_id}")

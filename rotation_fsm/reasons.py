@@ -25,6 +25,7 @@ CORRELATION_TOO_HIGH = "active_slots_correlation_too_high"
 MARGIN_CAP = "active_slots_margin_cap"
 PAUSED = "active_slots_paused"
 INVALID_QTY = "active_slots_invalid_qty"
+EXCHANGE_STALE = "active_slots_exchange_stale"
 
 # Events
 EV_LOCK_CREATED = "ROTATION_LOCK_CREATED"

@@ -37,6 +37,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import __version__
+from .account_view import AccountView, ViewConfig, ws_url_for
 from .controls import Controls
 from .engine import BookEngine, wall_ms
 from .exchange import ExchangeClient
@@ -50,6 +51,9 @@ from .retry import Backoff, wait_or_stop
 from .settings import Book, SettingError, Settings
 from .store import AnyRedis, Store
 from .timer import Timer
+from .view_metrics import ViewCollector
+from .view_share import SnapshotShare
+from .weights import WeightBudget
 
 log = logging.getLogger("rotation_fsm.service")
 # Redis Cluster (issue #7): while a master fails over to its replica, the cluster client
@@ -127,6 +131,7 @@ class BookRun:
     timer: Timer
     exchange: ExchangeClient
     heartbeat: Publisher
+    view: AccountView
 
 
 @dataclass
@@ -187,7 +192,23 @@ async def supervise(
             await wait_or_stop(stop, delay_s)
 
 
-def _book_run(settings: Settings, book: Book, redis: AnyRedis, reader: AnyRedis) -> BookRun:
+def _view_config(settings: Settings, book: Book) -> ViewConfig:
+    v = settings.exchange_view
+    ws_url = ws_url_for(book.binance_base_url, book.binance_ws_url)
+    return ViewConfig(
+        ws_url="" if v.mode == "polling" else ws_url,
+        stale_ms=v.stale_ms,
+        reconcile_s=v.reconcile_s,
+        poll_s=v.poll_s,
+        keepalive_s=v.keepalive_s,
+        reconnect_s=v.reconnect_s,
+        refresh_gap_s=v.refresh_gap_s,
+    )
+
+
+def _book_run(
+    settings: Settings, book: Book, redis: AnyRedis, reader: AnyRedis, budget: WeightBudget
+) -> BookRun:
     keys = Keys(book=book.name, streams=settings.streams)
     store = Store(
         redis,
@@ -196,8 +217,15 @@ def _book_run(settings: Settings, book: Book, redis: AnyRedis, reader: AnyRedis)
         retention_s=settings.retention_s,
         audit_maxlen=settings.audit_maxlen,
     )
-    exchange = ExchangeClient(book.binance_base_url, book.api_key, book.api_secret)
+    exchange = ExchangeClient(book.binance_base_url, book.api_key, book.api_secret, budget=budget)
     engine = BookEngine(store, exchange, settings.rules)
+    view = AccountView(
+        exchange,
+        _view_config(settings, book),
+        needs_account=lambda: engine.rules.margin_gate_on,
+        share=SnapshotShare(redis, keys.view_snapshot),
+    )
+    engine.view = view
     listener = Listener(
         reader,
         engine,
@@ -217,7 +245,7 @@ def _book_run(settings: Settings, book: Book, redis: AnyRedis, reader: AnyRedis)
         env_names=settings.env_rule_names,
     )
     timer = Timer(redis, engine, keys)
-    return BookRun(book.name, engine, listener, timer, exchange, heartbeat)
+    return BookRun(book.name, engine, listener, timer, exchange, heartbeat, view)
 
 
 def _loops(run: BookRun, running: Running, ready: set[str], total: int) -> list[Awaitable[None]]:
@@ -250,7 +278,20 @@ def _loops(run: BookRun, running: Running, ready: set[str], total: int) -> list[
         supervise(listener, listen_step, stop, health, metrics),
         supervise(timer, timer_step, stop, health, metrics),
         supervise(heartbeat, heartbeat_step, stop, health, metrics),
+        keep_view(run.view, stop, tag),
     ]
+
+
+async def keep_view(view: AccountView, stop: asyncio.Event, tag: str) -> None:
+    """Run the book's exchange view until stop; a bug in it is logged and it starts
+    again (decisions meanwhile fail closed on a stale view), never the engine's end."""
+    while not stop.is_set():
+        try:
+            await view.run(stop)
+        except Exception:
+            log.exception("exchange view%s failed; starting it again", tag)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
 
 
 async def run_engine(
@@ -262,9 +303,17 @@ async def run_engine(
     """Run the engine for every configured book until `stop` (or SIGTERM/SIGINT)."""
     stop = stop or asyncio.Event()
     redis, reader = connect(settings), connect(settings, blocking=True)
-    books = {b.name: _book_run(settings, b, redis, reader) for b in settings.books}
+    # One request-weight budget for every REST call of this process (all books share
+    # the IP's limit).
+    v = settings.exchange_view
+    budget = WeightBudget(v.weight_limit, v.weight_share)
+    books = {b.name: _book_run(settings, b, redis, reader, budget) for b in settings.books}
     metrics = Metrics()
-    health = Health(stores={name: run.engine.store for name, run in books.items()})
+    metrics.registry.register(ViewCollector({name: run.view for name, run in books.items()}))
+    health = Health(
+        stores={name: run.engine.store for name, run in books.items()},
+        views={name: run.view for name, run in books.items()},
+    )
     runner: web.AppRunner | None = None
     try:  # whatever fails from here on, nothing opened is left open
         await refuse_unusable_redis(redis, settings.redis_url)

@@ -303,6 +303,45 @@ class Book:
     binance_base_url: str
     api_key: str = field(repr=False)
     api_secret: str = field(repr=False)
+    #: user-data stream URL with `{listenKey}` ("" → derived from the base URL)
+    binance_ws_url: str = ""
+
+
+@dataclass(frozen=True)
+class ExchangeViewSettings:
+    """How each book's live exchange view keeps up, and the process's weight budget."""
+
+    mode: str = "stream"  # stream (with polling fallback) or polling
+    stale_ms: int = 2000
+    reconcile_s: float = 30.0
+    poll_s: float = 1.0
+    keepalive_s: float = 1800.0
+    reconnect_s: float = 82800.0
+    refresh_gap_s: float = 5.0
+    weight_limit: int = 2400
+    weight_share: float = 0.5
+
+
+def _view_mode(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in {"stream", "polling"}:
+        raise ValueError
+    return mode
+
+
+def _exchange_view(env: Mapping[str, str]) -> ExchangeViewSettings:
+    day = duration(86_400.0)
+    return ExchangeViewSettings(
+        mode=_simple(env, "GOV_EXCHANGE_VIEW", "stream", _view_mode, "stream or polling"),
+        stale_ms=_number(env, "GOV_EXCHANGE_STALE_MS", "2000", count(86_400_000, low=1)),
+        reconcile_s=_number(env, "GOV_EXCHANGE_RECONCILE_S", "30", day),
+        poll_s=_number(env, "GOV_EXCHANGE_POLL_S", "1", day),
+        keepalive_s=_number(env, "GOV_EXCHANGE_KEEPALIVE_S", "1800", day),
+        reconnect_s=_number(env, "GOV_EXCHANGE_RECONNECT_S", "82800", day),
+        refresh_gap_s=_number(env, "GOV_EXCHANGE_REFRESH_GAP_S", "5", day),
+        weight_limit=_number(env, "GOV_EXCHANGE_WEIGHT_LIMIT", "2400", count(10_000_000, low=1)),
+        weight_share=_number(env, "GOV_EXCHANGE_WEIGHT_SHARE", "0.5", ratio(1.0)),
+    )
 
 
 def secret(env: Mapping[str, str], name: str) -> str:
@@ -357,9 +396,16 @@ def _books(env: Mapping[str, str]) -> tuple[Book, ...]:
                 binance_base_url=pick("BINANCE_BASE_URL") or "https://testnet.binancefuture.com",
                 api_key=pick_secret("BINANCE_API_KEY", "BINANCE_TESTNET_API_KEY"),
                 api_secret=pick_secret("BINANCE_API_SECRET", "BINANCE_TESTNET_API_SECRET"),
+                binance_ws_url=_ws_url(pick("BINANCE_WS_URL")),
             )
         )
     return tuple(books)
+
+
+def _ws_url(text: str) -> str:
+    if text and ("{listenKey}" not in text or not text.startswith(("ws://", "wss://"))):
+        raise SettingError("BINANCE_WS_URL", text, "a ws:// or wss:// URL containing {listenKey}")
+    return text
 
 
 @dataclass(frozen=True)
@@ -387,6 +433,7 @@ class Settings:
     log_format: str = "text"
     http_allowed_hosts: tuple[str, ...] = ()
     sse_max_clients: int = 100
+    exchange_view: ExchangeViewSettings = field(default_factory=ExchangeViewSettings)
 
     def __repr__(self) -> str:
         # Secrets never reach a log line, even through a debug repr.
@@ -523,4 +570,5 @@ def _load(env: Mapping[str, str]) -> Settings:
         http_allowed_hosts=_simple(
             env, "GOV_HTTP_ALLOWED_HOSTS", "", _host_names, "host names, comma-separated"
         ),
+        exchange_view=_exchange_view(env),
     )

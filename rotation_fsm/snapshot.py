@@ -43,6 +43,10 @@ class Market(msgspec.Struct, kw_only=True, dict=True):
     klines_missing: list[str] = msgspec.field(default_factory=list)
     as_of_ms: int = 0
     seen_ms: dict[str, int] = msgspec.field(default_factory=dict)
+    # The live account view's word: `stale` when its last good snapshot is too old
+    # (and the stream down), `view` naming the snapshot and stream event decided on.
+    stale: bool = False
+    view: str = ""
 
     def shows_after(self, symbol: str, moment_ms: int) -> bool:
         """True when this view is known to include what the exchange held for

@@ -45,6 +45,8 @@ MAX_PAGE_ROWS = 500
 HUB = web.AppKey("console_hub", Hub)
 STORES = web.AppKey("console_stores", dict[str, Store])
 CONTROLS_ON = web.AppKey("console_controls_on", bool)
+#: per book, what its exchange view says of itself (source, weight used, error)
+EXCHANGE = web.AppKey("console_exchange", dict[str, Callable[[], dict[str, Any]]])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -95,7 +97,14 @@ async def _json_or_503(make: Callable[[], Awaitable[Any]]) -> web.Response:
 
 async def state(request: web.Request) -> web.Response:
     redis, keys = _book(request)
-    return await _json_or_503(lambda: console_state(redis, keys, _now_ms()))
+    exchange = request.app[EXCHANGE].get(keys.book)
+
+    async def with_exchange() -> dict[str, Any]:
+        body = await console_state(redis, keys, _now_ms())
+        body["exchange"] = exchange() if exchange is not None else None
+        return body
+
+    return await _json_or_503(with_exchange)
 
 
 async def series(request: web.Request) -> web.Response:
@@ -188,11 +197,14 @@ def add_console_routes(
     *,
     controls: bool,
     max_live_pages: int = DEFAULT_MAX_CLIENTS,
+    exchange: dict[str, Callable[[], dict[str, Any]]] | None = None,
 ) -> None:
     """Mount the console on `app`; `controls`: an HTTP token is configured (the abort
     button is offered; the token itself is never sent to the page); at most
-    `max_live_pages` pages follow the live stream at once."""
+    `max_live_pages` pages follow the live stream at once; `exchange`: per book, the
+    state of its exchange view (shown in the header)."""
     app[STORES] = stores
+    app[EXCHANGE] = exchange or {}
     app[HUB] = Hub(stores, max_clients=max_live_pages)
     app[CONTROLS_ON] = controls
     app.middlewares.append(security_headers)

@@ -14,6 +14,11 @@ credentials. The paper exchange's own:
 | `PAPER_LOST_RATE` | `0` | fraction of results never written (rotations time out) |
 | `PAPER_SEED` | — | seed of the dice and the mark walk (unset: different each run) |
 | `PAPER_REGIMES` | — | `BTCUSDT=TREND_STRONG,ETHUSDT=BASE,…`: klines served per symbol |
+| `PAPER_WEIGHT_LIMIT` | `2400` | request weight per minute before 429 (then 418 bans) |
+| `PAPER_HTTP_LATENCY_MS` | `0` | every REST answer waits this long (a real exchange's distance) |
+| `PAPER_BAN_S` | `120` | how long a 418 ban lasts |
+| `PAPER_APPLY` | `true` | `false`: serve the API only, execute nothing (no fills, no results) |
+| `PAPER_USER_STREAM` | `true` | `false`: no user-data stream (the listenKey call answers 404) |
 
 A bad value exits 2 with one line naming the variable.
 """
@@ -37,12 +42,13 @@ from redis.asyncio import Redis
 from rotation_fsm.keys import Keys
 from rotation_fsm.regime import Regime
 from rotation_fsm.retry import Backoff, wait_or_stop
-from rotation_fsm.settings import load_settings
+from rotation_fsm.settings import load_settings, parse_bool
 from services.entry import run_main, setting
 
 from .apply import REDIS_DOWN, ApplyConfig, ApplyLoop, seed_regimes, walk_marks
 from .book import PaperBook
 from .protocol import make_app
+from .user_stream import UserStream
 
 T = TypeVar("T")
 
@@ -59,6 +65,11 @@ class PaperConfig:
     port: int = 8090
     apply: ApplyConfig = field(default_factory=ApplyConfig)
     regimes: dict[str, Regime] = field(default_factory=dict)
+    weight_limit: int = 2400
+    http_latency_ms: int = 0
+    ban_s: int = 120
+    user_stream: bool = True
+    apply_on: bool = True
 
     def __repr__(self) -> str:
         return f"PaperConfig(host={self.host!r}, port={self.port}, secrets=hidden)"
@@ -74,6 +85,13 @@ def _rate(text: str) -> float:
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
+        raise ValueError
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
         raise ValueError
     return value
 
@@ -123,6 +141,11 @@ def load_config(env: Mapping[str, str] | None = None) -> PaperConfig:
         port=setting(env, "PAPER_PORT", "8090", _port, "a TCP port (0-65535)"),
         apply=apply,
         regimes=setting(env, "PAPER_REGIMES", "", parse_regimes, REGIMES_EXPECTED),
+        weight_limit=setting(env, "PAPER_WEIGHT_LIMIT", "2400", _positive_int, "a count >= 1"),
+        http_latency_ms=setting(env, "PAPER_HTTP_LATENCY_MS", "0", _non_negative_int, "ms >= 0"),
+        ban_s=setting(env, "PAPER_BAN_S", "120", _non_negative_int, "seconds >= 0"),
+        user_stream=setting(env, "PAPER_USER_STREAM", "true", parse_bool, "true or false"),
+        apply_on=setting(env, "PAPER_APPLY", "true", parse_bool, "true or false"),
     )
 
 
@@ -135,11 +158,17 @@ async def serve(
     """Serve the HTTP API and run the apply loop until `stop`; `ready(port)` is called once
     both accept work. Returns the exit code."""
     book = PaperBook()
+    book.limits.limit_per_min = config.weight_limit
+    book.limits.ban_s = config.ban_s
+    book.answer_delay_s = config.http_latency_ms / 1000
     seed_regimes(book, config.regimes, now_ms=int(time.time() * 1000))
     redis = Redis.from_url(config.redis_url, socket_connect_timeout=2.0)
     loop = ApplyLoop(redis, book, config.keys, config.apply)
+    stream = UserStream(book)
+    stream.enabled = config.user_stream
     runner = web.AppRunner(
-        make_app(book, api_key=config.api_key, api_secret=config.api_secret), access_log=None
+        make_app(book, api_key=config.api_key, api_secret=config.api_secret, stream=stream),
+        access_log=None,
     )
     await runner.setup()
     try:
@@ -149,7 +178,7 @@ async def serve(
         if ready is not None:
             ready(port)
         await asyncio.gather(
-            loop.run(stop),
+            loop.run(stop) if config.apply_on else stop.wait(),
             walk_marks(book, stop, rng=random.Random(config.apply.seed)),
         )
     finally:
@@ -177,7 +206,8 @@ def _announce(config: PaperConfig) -> Callable[[int], None]:
             f"paper exchange listening on http://{config.host}:{port} "
             f"(Binance USD-M futures REST); applying {config.keys.decisions} -> "
             f"{config.keys.results}: latency {a.latency_ms} ms, reject {a.reject_rate:.0%}, "
-            f"lost {a.lost_rate:.0%}",
+            f"lost {a.lost_rate:.0%}; weight limit {config.weight_limit}/min, user-data "
+            f"stream {'on' if config.user_stream else 'off'}",
             flush=True,
         )
 

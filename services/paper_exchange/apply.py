@@ -41,7 +41,7 @@ from rotation_fsm.regime import Regime
 from rotation_fsm.retry import Backoff, wait_or_stop
 from rotation_fsm.settings import parse_bool
 
-from .book import PaperBook, synthetic_klines
+from .book import PaperBook, Trade, synthetic_klines
 
 log = logging.getLogger("services.paper_exchange.apply")
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
@@ -187,8 +187,10 @@ def execute(book: PaperBook, order: Order) -> tuple[bool, float, float, str]:
     if order.close:
         if position is None:
             return False, 0.0, price, REDUCE_ONLY_REJECTED
+        _reprice_margin(book, without=order.symbol)
         book.close(order.symbol)
-        _reprice_margin(book)
+        book.filled(Trade(order.symbol, order.plan_id, "SELL" if position.qty > 0 else "BUY",
+                          abs(position.qty), price, reduce_only=True))  # fmt: skip
         return True, abs(position.qty), price, ""
     qty, entry = order.qty, price
     if position is not None:
@@ -197,16 +199,24 @@ def execute(book: PaperBook, order: Order) -> tuple[bool, float, float, str]:
             # Adding to a position: the entry price becomes the size-weighted average.
             entry = (position.qty * position.entry_price + order.qty * price) / total
         qty = total
-    book.open(order.symbol, qty, entry)
     book.set_mark(order.symbol, price)
-    _reprice_margin(book)
+    # The margin first: the stream's ACCOUNT_UPDATE goes out as the position opens.
+    _reprice_margin(book, extra=(order.symbol, qty, price))
+    book.open(order.symbol, qty, entry)
+    book.filled(Trade(order.symbol, order.plan_id, "BUY" if order.qty > 0 else "SELL",
+                      abs(order.qty), price, reduce_only=False))  # fmt: skip
     return True, abs(order.qty), price, ""
 
 
-def _reprice_margin(book: PaperBook) -> None:
-    book.initial_margin = sum(
-        abs(p.qty) * book.mark(s) / LEVERAGE for s, p in book.positions.items()
-    )
+def _reprice_margin(
+    book: PaperBook, *, without: str = "", extra: tuple[str, float, float] | None = None
+) -> None:
+    """Initial margin of the positions as they are about to be (`without` closed,
+    `extra` = (symbol, qty, mark) opened or changed)."""
+    sizes = {s: (p.qty, book.mark(s)) for s, p in book.positions.items() if s != without}
+    if extra is not None:
+        sizes[extra[0]] = (extra[1], extra[2])
+    book.initial_margin = sum(abs(qty) * mark / LEVERAGE for qty, mark in sizes.values())
 
 
 def _qty_text(qty: float) -> str:

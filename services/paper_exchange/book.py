@@ -16,12 +16,26 @@ from dataclasses import dataclass
 from rotation_fsm.market import Kline
 from rotation_fsm.regime import HOUR_MS, MIN_KLINES, Regime, classify
 
+from .limits import PaperLimits
+
 #: what `fault` may be set to; None is "healthy"
 FAULTS = frozenset({"500", "429", "timeout", "garbage"})
 
 
 def _wall_clock_ms() -> int:
     return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Trade:
+    """One fill, as the user-data stream's ORDER_TRADE_UPDATE reports it."""
+
+    symbol: str
+    client_order_id: str
+    side: str  # BUY or SELL
+    qty: float
+    price: float
+    reduce_only: bool
 
 
 @dataclass
@@ -39,6 +53,8 @@ class PaperBook:
 
     `fault` (one of `FAULTS`, or None) makes every endpoint fail that way; with
     `fail_next` > 0 it lasts for that many requests and then switches itself off.
+    `position_watchers` are called with a symbol whenever its position opens, changes
+    or closes, `trade_watchers` with each fill (the user-data stream listens there).
     """
 
     def __init__(self, *, clock_ms: Callable[[], int] | None = None) -> None:
@@ -56,6 +72,12 @@ class PaperBook:
         #: seconds between taking a positionRisk snapshot and answering with it (a
         #: slow exchange: the answer shows the book as it was when asked)
         self.snapshot_delay_s = 0.0
+        #: request-weight accounting (429 / 418), shared by every client
+        self.limits = PaperLimits()
+        #: every REST answer waits this long first: a real exchange's distance
+        self.answer_delay_s = 0.0
+        self.position_watchers: list[Callable[[str], None]] = []
+        self.trade_watchers: list[Callable[[Trade], None]] = []
 
     @property
     def fault(self) -> str | None:
@@ -94,10 +116,23 @@ class PaperBook:
         )
         self.marks[symbol] = price
         self.traded.add(symbol)
+        self._changed(symbol)
 
     def close(self, symbol: str) -> bool:
         """Close the position in `symbol`; False if there was none."""
-        return self.positions.pop(symbol, None) is not None
+        closed = self.positions.pop(symbol, None) is not None
+        if closed:
+            self._changed(symbol)
+        return closed
+
+    def filled(self, trade: Trade) -> None:
+        """Tell the trade watchers of a fill (the apply loop calls this)."""
+        for watcher in self.trade_watchers:
+            watcher(trade)
+
+    def _changed(self, symbol: str) -> None:
+        for watcher in self.position_watchers:
+            watcher(symbol)
 
     def set_mark(self, symbol: str, price: float) -> None:
         """Move the mark price of `symbol` (its unrealised profit follows)."""

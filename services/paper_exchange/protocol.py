@@ -1,9 +1,12 @@
-"""Binance USDⓈ-M futures REST, as far as rotation-fsm uses it, served from a PaperBook.
+"""Binance USDⓈ-M futures REST and user-data stream, as far as rotation-fsm uses them,
+served from a PaperBook.
 
 Same paths, same signing rules (HMAC-SHA256 of the query string, key in
 `X-MBX-APIKEY`), same error codes and answer shapes (decimals as strings), so the
-real `ExchangeClient` cannot tell it from the testnet. Every request is counted
-in `book.requests` by path, and the book's fault switch applies to every path.
+real `ExchangeClient` cannot tell it from the testnet. Every REST request is counted
+in `book.requests` by path and weighed by `book.limits` (`X-MBX-USED-WEIGHT-1M`,
+429 / 418), and the book's fault switch applies to every REST path. The websocket
+paths (`/ws/<listenKey>`, `/private/ws?listenKey=`) are the user-data stream.
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ from aiohttp.typedefs import Handler
 from rotation_fsm.market import Kline
 
 from .book import PaperBook
+from .limits import retry_after_text
 from .metrics import PATH as METRICS_PATH
 from .metrics import metrics_handler
+from .user_stream import UserStream
 
 BOOK = web.AppKey("book", PaperBook)
+STREAM = web.AppKey("user_stream", UserStream)
 API_KEY = web.AppKey("api_key", str)
 API_SECRET = web.AppKey("api_secret", str)
 
@@ -36,12 +42,27 @@ KLINES_MAX_LIMIT = 1500
 FUTURE_TOLERANCE_MS = 1000
 
 
-def make_app(book: PaperBook, *, api_key: str, api_secret: str) -> web.Application:
-    """An aiohttp app serving `book` on Binance's futures paths for one key pair."""
+WS_PATHS = ("/ws/", "/private/ws")
+#: not Binance's: what the paper exchange counted (weight per minute, 429/418, stream)
+STATS_PATH = "/paper/stats"
+
+
+def make_app(
+    book: PaperBook, *, api_key: str, api_secret: str, stream: UserStream | None = None
+) -> web.Application:
+    """An aiohttp app serving `book` on Binance's futures paths for one key pair; its
+    user-data stream is `stream` (one of its own, reachable as `user_stream(app)`)."""
     app = web.Application(middlewares=[_count_and_fault])
     app[BOOK] = book
+    app[STREAM] = stream or UserStream(book)
     app[API_KEY] = api_key
     app[API_SECRET] = api_secret
+    app.router.add_post("/fapi/v1/listenKey", _listen_key_new)
+    app.router.add_put("/fapi/v1/listenKey", _listen_key_keepalive)
+    app.router.add_delete("/fapi/v1/listenKey", _listen_key_delete)
+    app.router.add_get("/ws/{listen_key}", _ws_path)
+    app.router.add_get("/private/ws", _ws_query)
+    app.router.add_get(STATS_PATH, _stats)
     app.router.add_get("/fapi/v2/positionRisk", _position_risk)
     app.router.add_get("/fapi/v2/account", _account)
     app.router.add_get("/fapi/v1/klines", _klines)
@@ -59,12 +80,43 @@ def _dec(value: float) -> str:
     return format(Decimal(repr(value)), "f")
 
 
+def user_stream(app: web.Application) -> UserStream:
+    """The user-data stream `app` serves (for tests and the demo's faults)."""
+    return app[STREAM]
+
+
 @web.middleware
 async def _count_and_fault(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path == METRICS_PATH:  # Prometheus's scrapes are neither counted nor faulted
         return await handler(request)
     book = request.app[BOOK]
+    if request.path.startswith(WS_PATHS) or request.path == STATS_PATH:
+        # The stream is another host at Binance: no weight. Counted without its
+        # listenKey (a credential of sorts, and one label per key).
+        book.requests[request.path if request.path == STATS_PATH else "/ws"] += 1
+        return await handler(request)
     book.requests[request.path] += 1
+    refused = book.limits.admit(request.path, dict(request.query), book.clock_ms())
+    if refused is not None:
+        status, retry_s = refused
+        book.limits.answers[status] += 1
+        code, msg = (
+            (-1003, "Too many requests; please use the websocket.")
+            if status == 429
+            else (-1003, "Way too many requests; IP banned.")
+        )
+        response = _error(status, code, msg, **{"Retry-After": retry_after_text(retry_s)})
+    else:
+        if book.answer_delay_s > 0:
+            await asyncio.sleep(book.answer_delay_s)
+        response = await _faulty_or_served(request, handler)
+        book.limits.answers[response.status] += 1
+    response.headers["X-MBX-USED-WEIGHT-1M"] = str(book.limits.used)
+    return response
+
+
+async def _faulty_or_served(request: web.Request, handler: Handler) -> web.StreamResponse:
+    book = request.app[BOOK]
     fault = book.take_fault()
     if fault == "500":
         return _error(500, -1000, "An unknown error occured while processing the request.")
@@ -105,6 +157,46 @@ def _refusal(request: web.Request) -> web.Response | None:
     if timestamp > now_ms + FUTURE_TOLERANCE_MS or now_ms - timestamp > recv_window:
         return _error(400, -1021, "Timestamp for this request is outside of the recvWindow.")
     return None
+
+
+def _api_key_refusal(request: web.Request) -> web.Response | None:
+    if request.headers.get("X-MBX-APIKEY") != request.app[API_KEY]:
+        return _error(401, -2015, "Invalid API-key, IP, or permissions for action.")
+    if not request.app[STREAM].enabled:
+        return _error(404, -1000, "No user-data stream on this exchange.")
+    return None
+
+
+async def _listen_key_new(request: web.Request) -> web.Response:
+    refused = _api_key_refusal(request)
+    if refused is not None:
+        return refused
+    return web.json_response({"listenKey": request.app[STREAM].new_key()})
+
+
+async def _listen_key_keepalive(request: web.Request) -> web.Response:
+    refused = _api_key_refusal(request)
+    if refused is not None:
+        return refused
+    if not request.app[STREAM].keep_alive(request.query.get("listenKey", "")):
+        return _error(400, -1125, "This listenKey does not exist.")
+    return web.json_response({})
+
+
+async def _listen_key_delete(request: web.Request) -> web.Response:
+    refused = _api_key_refusal(request)
+    if refused is not None:
+        return refused
+    request.app[STREAM].delete_key(request.query.get("listenKey", ""))
+    return web.json_response({})
+
+
+async def _ws_path(request: web.Request) -> web.StreamResponse:
+    return await request.app[STREAM].serve(request, request.match_info["listen_key"])
+
+
+async def _ws_query(request: web.Request) -> web.StreamResponse:
+    return await request.app[STREAM].serve(request, request.query.get("listenKey", ""))
 
 
 async def _position_risk(request: web.Request) -> web.Response:
@@ -209,6 +301,23 @@ def _kline_row(k: Kline) -> list[Any]:
         _dec(500.0 * k.close),
         "0",
     ]
+
+
+async def _stats(request: web.Request) -> web.Response:
+    """The paper exchange's own counts, for benchmarks and the demo."""
+    book, stream = request.app[BOOK], request.app[STREAM]
+    limits = book.limits
+    return web.json_response(
+        {
+            "weight_limit_1m": limits.limit_per_min,
+            "weight_used_1m": limits.used,
+            "weight_per_minute": [w for _, w in limits.history] + [limits.used],
+            "answers": {str(status): n for status, n in sorted(limits.answers.items())},
+            "requests": dict(book.requests),
+            "stream": dict(stream.counts),
+            "positions": len(book.positions),
+        }
+    )
 
 
 async def _time(request: web.Request) -> web.Response:

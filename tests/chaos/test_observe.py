@@ -112,6 +112,6 @@ def test_every_fault_happens_once_within_the_run(seconds: float) -> None:
     kinds = sorted(f.kind for f in faults)
     assert kinds == sorted(
         ["exchange:500", "exchange:429", "exchange:timeout", "exchange:garbage", "redis:restart",
-         "redis:cut"]
+         "redis:cut", "stream:drop", "stream:lose", "stream:expire", "stream:silent"]
     )  # fmt: skip
     assert all(f.at_s > 0 and f.at_s + f.for_s < seconds for f in faults)

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,11 +25,13 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from rotation_fsm.account_view import AccountView
 from rotation_fsm.keys import Keys
 from rotation_fsm.service import Running, run_engine
 from rotation_fsm.settings import load_settings
 from services.paper_exchange.book import PaperBook
 from services.paper_exchange.protocol import make_app
+from services.paper_exchange.user_stream import UserStream
 from tests.stubs import UNIVERSE, plan_fields
 
 API_KEY = "test-key-AAAA1111"
@@ -52,6 +54,7 @@ class Stack:
     redis: Redis
     exchange: PaperBook
     exchange_url: str
+    stream: UserStream
     keys: Keys = field(default_factory=Keys)
     engines: list[tuple[asyncio.Task[int], Running]] = field(default_factory=list)
     seen: dict[str, list[tuple[str, dict[str, str]]]] = field(default_factory=dict)
@@ -174,6 +177,14 @@ class Stack:
     async def decisions_for(self, plan_id: str) -> list[dict[str, str]]:
         return [d for d in await self.all_entries(self.keys.decisions) if d["plan_id"] == plan_id]
 
+    async def resync_views(self, *running: Running) -> None:
+        """A REST snapshot in the exchange view of this stack's book, in every engine
+        (these or the stack's own): a change made on the paper book reaches the view
+        through the stream a moment later, and a mark price never does (Binance's
+        user-data stream carries none), so a test that just set marks resyncs."""
+        for run in running or tuple(r for _, r in self.engines):
+            await run.books[self.keys.book].view.refresh_now()
+
     def fill_book(self, *symbols: str) -> None:
         """Open positions on the paper exchange, the last one the weakest."""
         for i, symbol in enumerate(symbols):
@@ -181,16 +192,32 @@ class Stack:
             self.exchange.set_mark(symbol, 100.0 - i)  # later symbols lose more
 
 
+async def until_view(view: AccountView, check: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait (on the view's change notifications, no polling) until `check()` holds."""
+    changed = asyncio.Event()
+    view.changed.append(changed.set)
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not check():
+                changed.clear()
+                await changed.wait()
+    finally:
+        view.changed.remove(changed.set)
+
+
 @contextlib.asynccontextmanager
-async def paper_exchange() -> AsyncIterator[tuple[PaperBook, str]]:
-    """The paper exchange on a loopback port."""
+async def paper_exchange() -> AsyncIterator[tuple[PaperBook, str, UserStream]]:
+    """The paper exchange on a loopback port: its book, URL and user-data stream."""
     book = PaperBook()
+    stream = UserStream(book)
     server = TestServer(
-        make_app(book, api_key=API_KEY, api_secret=API_SECRET), host="127.0.0.1", port=0
+        make_app(book, api_key=API_KEY, api_secret=API_SECRET, stream=stream),
+        host="127.0.0.1",
+        port=0,
     )
     await server.start_server()
     try:
-        yield book, f"http://127.0.0.1:{server.port}"
+        yield book, f"http://127.0.0.1:{server.port}", stream
     finally:
         await server.close()
 
@@ -204,8 +231,8 @@ async def open_stack(redis_url: str) -> AsyncIterator[Stack]:
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 10),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
-    async with paper_exchange() as (book, url):
-        s = Stack(redis_url=redis_url, redis=redis, exchange=book, exchange_url=url)
+    async with paper_exchange() as (book, url, stream):
+        s = Stack(redis_url=redis_url, redis=redis, exchange=book, exchange_url=url, stream=stream)
         await s.set_policy()
         try:
             yield s

@@ -78,12 +78,13 @@ async def open_books(cluster: RedisClusterProcess, **engine_env: str) -> AsyncIt
         exits.push_async_callback(client.aclose)
         stacks: dict[str, Stack] = {}
         for name in BOOKS:
-            paper, url = await exits.enter_async_context(paper_exchange())
+            paper, url, user_stream = await exits.enter_async_context(paper_exchange())
             stacks[name] = Stack(
                 redis_url=cluster.url,
                 redis=client,  # type: ignore[arg-type]  # the harness only calls stream commands
                 exchange=paper,
                 exchange_url=url,
+                stream=user_stream,
                 keys=Keys(book=name),
             )
             await stacks[name].set_policy()
@@ -260,6 +261,7 @@ async def test_each_book_decides_and_rotates_on_its_own_master(cluster: RedisClu
         b.fill_book(*FULL)  # b: full, its close gets confirmed
         c.fill_book(*FULL)  # c: full, its close never comes back
         for name, stack in books.stacks.items():
+            await stack.resync_views(books.running)
             await stack.send_plan(f"{name}-plan-0001", "NEWUSDT")
 
         assert (await a.decision("a-plan-0001"))["reason"] == R.SLOTS_AVAILABLE
@@ -354,6 +356,7 @@ async def test_a_master_killed_mid_run_fails_over_and_nothing_is_lost_or_doubled
         rotations: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
         for name, stack in books.stacks.items():
             stack.fill_book(*FULL)
+            await stack.resync_views(books.running)
             await stack.send_plan(f"{name}-first", "NEWUSDT")
             first = await stack.event(R.EV_LOCK_CREATED)
             await stack.send_plan(f"{name}-second", "BNBUSDT")

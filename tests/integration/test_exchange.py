@@ -249,11 +249,15 @@ async def test_the_candle_still_open_is_dropped(paper: Paper, client: ExchangeCl
     assert klines == with_open_one[:-1]
 
 
-async def test_a_symbol_without_klines_is_an_empty_list_and_not_cached(
+async def test_a_symbol_without_klines_is_an_empty_list_asked_again_next_hour(
     paper: Paper, client: ExchangeClient
 ):
     assert await client.klines("NEWUSDT") == []
     assert await client.klines("NEWUSDT") == []
+    assert paper.book.requests[KLINES] == 1  # nothing closes before the hour turns
+    paper.book.set_klines("NEWUSDT", hourly(60, last_open_ms=last_closed_open_ms(START_MS)))
+    paper.clock.now_ms = START_MS + HOUR_MS
+    assert len(await client.klines("NEWUSDT")) == 60
     assert paper.book.requests[KLINES] == 2
 
 

@@ -233,6 +233,7 @@ async def drive_a_short_run(stack: Stack) -> None:
     """Two rotations on a full book — one confirmed, one timed out — a free slot
     after the confirmed close, and a malformed entry dead-lettered."""
     stack.fill_book("BTCUSDT", "ETHUSDT", "SOLUSDT")
+    await stack.resync_views()  # the engine's exchange view has the positions now
     await stack.send_plan("a1b2c3d4e5f67890", "NEWUSDT")
     first = await stack.event(R.EV_LOCK_CREATED)
     await stack.send_result(first["close_plan_id"], symbol=first["close_symbol"])

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from rotation_fsm import reasons as R
-from rotation_fsm.decide import BadIn, PlanIn, ResultIn, Tick
+from rotation_fsm.decide import BadIn, Market, PlanIn, ResultIn, Tick
 from rotation_fsm.memory import MemoryBook
 from rotation_fsm.settings import Rules
 from tests.stubs import (
@@ -283,6 +283,14 @@ def test_a_close_plan_is_exempt_whatever_its_qty(book):
 
 def test_exchange_failure_blocks_and_a_resend_is_decided_afresh(book):
     assert send(book, plan(), exchange_down()).reason == R.POSITIONS_UNAVAILABLE
+    assert send(book, plan(), market(), NOW_MS + 1).reason == R.SLOTS_AVAILABLE
+
+
+def test_a_stale_exchange_view_blocks_exchange_stale_and_a_resend_is_decided_afresh(book):
+    stale = Market(positions=None, positions_error="exchange view stale", stale=True)
+    d = send(book, plan(), stale)
+    assert (d.decision, d.reason) == (R.BLOCK, R.EXCHANGE_STALE)
+    assert not book.view.plans[d.plan_id].final
     assert send(book, plan(), market(), NOW_MS + 1).reason == R.SLOTS_AVAILABLE
 
 

@@ -338,12 +338,24 @@ async function loadDecisions() {
   renderDecisions(await api("/api/console/decisions", decisionsQuery()));
 }
 
+// The exchange view: where its numbers come from and the request weight used.
+function renderExchange(x) {
+  const badge = $("exchange");
+  badge.hidden = !x;
+  if (!x) return;
+  const w = x.weight || {};
+  badge.textContent = "exchange: " + x.source + " · weight " + w.used_1m + "/" + w.budget_1m + "/min";
+  badge.classList.toggle("warn", x.source === "stale" || !!x.error);
+  badge.title = x.error ? "last exchange error: " + x.error : "exchange view healthy";
+}
+
 function renderOverview(state) {
   lastState = state;
   document.dispatchEvent(new CustomEvent("console:state", { detail: state })); // the charts
   $("paused").hidden = !state.paused;
   $("pause").hidden = state.paused;
   $("resume").hidden = !state.paused;
+  renderExchange(state.exchange);
   renderRegime(state.slots);
   renderCells(state.cells);
   renderInFlight(state.in_flight);
