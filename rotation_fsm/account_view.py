@@ -34,6 +34,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from .errors import RotationFsmError
 from .exchange import LISTEN_KEY, LISTEN_KEY_MISSING, ExchangeClient, ExchangeUnavailable
 from .market import OPEN_QTY_EPSILON, Account, Kline, Position
 from .settings import Rules
@@ -69,7 +70,7 @@ class ViewConfig:
     reconnect_backoff_s: float = 0.2
 
 
-class _StreamEnded(Exception):
+class _StreamEnded(RotationFsmError):
     """The stream session is over; the reason says why (a new one starts)."""
 
 

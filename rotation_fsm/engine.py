@@ -189,7 +189,7 @@ class BookEngine:
     async def handle(self, inputs: Sequence[Input]) -> list[Effect]:
         """Decide `inputs` and commit their effects exactly once; return the effects."""
         effects: list[Effect] = []
-        for part in split_after_closes(inputs):
+        for part in split_after_closes(inputs) if self.view is not None else [inputs]:
             effects += await self._handle(part)
         return effects
 
@@ -206,7 +206,7 @@ class BookEngine:
     ) -> None:
         """Like `handle`, pipelined (see `_submit`); a batch whose OPEN plans follow a
         close is decided in two parts, the plans on a view as of after the close."""
-        for part in split_after_closes(inputs):
+        for part in split_after_closes(inputs) if self.view is not None else [inputs]:
             await self._submit(part, on_lost)
 
     async def _submit(
@@ -349,7 +349,11 @@ class BookEngine:
         now_ms = self.clock()
         seed = seed_of(view)  # before deciding: the audit records what the batch found
         effects = decide_batch(inputs, view, market, rules, now_ms)
-        if closes_read(inputs) and now_ms + rules.clock_skew_ms > view.view_as_of_ms:
+        if (
+            self.view is not None
+            and closes_read(inputs)
+            and now_ms + rules.clock_skew_ms > view.view_as_of_ms
+        ):
             # A position closed and we read it now: a view not as of after this may
             # still show it open, and an add "into" it (`slot_already_held`) would
             # reopen a slot that was given away since (a live view whose stream lags,

@@ -17,6 +17,8 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from .errors import RotationFsmError
+
 MINUTE_MS = 60_000
 #: Binance's per-IP request-weight limit per minute (USDⓈ-M futures)
 DEFAULT_LIMIT_PER_MIN = 2400
@@ -59,7 +61,7 @@ def request_weight(path: str, params: Mapping[str, str] | None = None) -> int:
     return PATH_WEIGHTS.get(path, 1)
 
 
-class RateLimited(Exception):
+class RateLimited(RotationFsmError):
     """No call may be sent now: the budget is spent, a 429 is being waited out, or
     the IP is banned. `until_ms` is when calls may go again (wall clock)."""
 

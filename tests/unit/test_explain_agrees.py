@@ -62,6 +62,9 @@ CASES: dict[str, Case] = {
     R.NOT_IN_UNIVERSE: Case(plan(symbol="ZZZUSDT"), market(*book_of(2))),
     R.INVALID_QTY: Case(plan(qty=0.0), market(*book_of(2))),
     R.POSITIONS_UNAVAILABLE: Case(plan(), exchange_down()),
+    R.EXCHANGE_STALE: Case(
+        plan(), Market(positions=None, positions_error="view 2500 ms old", stale=True)
+    ),
     R.MARGIN_CAP: Case(plan(), market(*book_of(2), usage=0.9)),
     R.CORRELATION_TOO_HIGH: Case(
         plan(),
