@@ -108,6 +108,8 @@ Entry = tuple[str, dict[str, str]]
 DEADLINE_GRACE_MS = 1000
 #: the exchange faults, as `PaperBook.fault` spells them
 EXCHANGE_FAULTS = tuple(sorted(FAULTS))
+#: request weight per minute the paper exchange allows its replicas together
+CHAOS_WEIGHT_LIMIT = 12_000
 #: the user-data stream's faults (`UserStream`'s switches)
 STREAM_FAULTS = ("drop", "expire", "lose", "silent")
 #: the engines' consumer group (GOV_CONSUMER_GROUP's default: the run does not set it)
@@ -814,8 +816,10 @@ def engine_env(cfg: ChaosConfig, redis_url: str, exchange_url: str) -> dict[str,
         "GOV_AUDIT_MAXLEN": "10000000",
         # REST is off the decision path now: reconcile often, so that every REST fault
         # window is met (and lost or unsaid stream events are repaired within the run);
-        # the replicas share the paper exchange's per-IP weight limit
-        "GOV_EXCHANGE_RECONCILE_S": "2",
+        # the replicas share the paper exchange's per-IP weight limit (raised: weight
+        # limits have tests of their own, here they would only hide the REST faults)
+        "GOV_EXCHANGE_RECONCILE_S": "1",
+        "GOV_EXCHANGE_WEIGHT_LIMIT": str(CHAOS_WEIGHT_LIMIT),
         "GOV_EXCHANGE_WEIGHT_SHARE": f"{1 / max(1, cfg.replicas):.3f}",
     }
 
@@ -962,6 +966,7 @@ class ChaosRun:
         self.keys = Keys()
         self.server = RedisProcess(data_dir=workdir / "redis", port=free_port(), appendonly=True)
         self.book = ChaosBook()
+        self.book.limits.limit_per_min = CHAOS_WEIGHT_LIMIT
         self.stream = UserStream(self.book)
         self.stop = asyncio.Event()
         self.produced = Produced()
