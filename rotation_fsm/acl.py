@@ -86,7 +86,11 @@ def setuser_args(user: str, password: str, books: tuple[str, ...] = ("",)) -> li
 
 def aclfile_line(user: str, password: str, books: tuple[str, ...] = ("",)) -> str:
     """The same user as a line of a Redis ACL file (`redis-server --aclfile`), its
-    password stored as its SHA-256 (`#…`): no plaintext password on disk."""
+    password stored as its SHA-256 (`#…`): no plaintext password on disk, and any
+    password will do (only the user name must be one word)."""
+    _check_word("user name", user)
+    if not password:
+        raise ValueError("password must be non-empty")
     digest = hashlib.sha256(password.encode()).hexdigest()
     rules = setuser_args(user, password, books)
     return "user " + " ".join(f"#{digest}" if r == f">{password}" else r for r in rules)
@@ -100,9 +104,14 @@ def setuser_line(
     ValueError when the user or password holds what redis-cli would split or unquote
     (blanks, quotes, backslashes, control characters)."""
     for what, word in (("user name", user), ("password", password)):
-        if not word or any(ch.isspace() or ch in "\"'\\" or not ch.isprintable() for ch in word):
-            raise ValueError(f"{what} must be non-empty, without blanks, quotes or backslashes")
+        _check_word(what, word)
     return "ACL SETUSER " + " ".join(setuser_args(user, password, books))
+
+
+def _check_word(what: str, word: str) -> None:
+    """ValueError when `word` holds what Redis would split or unquote in a rule."""
+    if not word or any(ch.isspace() or ch in "\"'\\" or not ch.isprintable() for ch in word):
+        raise ValueError(f"{what} must be non-empty, without blanks, quotes or backslashes")
 
 
 class NoPassword(RotationFsmError):

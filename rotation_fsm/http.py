@@ -23,7 +23,7 @@ from .metrics import Metrics
 from .settings import Number, SettingError, count
 from .store import Store
 from .web.live import DEFAULT_MAX_CLIENTS
-from .web.routes import add_console_routes
+from .web.routes import add_console_routes, bad_request
 
 
 @dataclass
@@ -128,14 +128,6 @@ async def metrics(request: web.Request) -> web.Response:
 
 ROTATIONS_LIMIT = count(500, low=1)
 EXTEND_BODY = '{"seconds": <number>} (a JSON object)'
-
-
-def bad_request(message: str) -> web.HTTPBadRequest:
-    """A 400 whose JSON body says what was wrong with the request."""
-    return web.HTTPBadRequest(
-        text=msgspec.json.encode({"ok": False, "error": message}).decode(),
-        content_type="application/json",
-    )
 
 
 def query_number(request: web.Request, name: str, default: str, number: Number) -> Any:

@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from aiohttp import web
 from redis.exceptions import RedisError
 
@@ -112,13 +113,21 @@ async def series(request: web.Request) -> web.Response:
     return await _json_or_503(lambda: console_series(redis, keys, _now_ms()))
 
 
+def bad_request(message: str) -> web.HTTPBadRequest:
+    """A 400 whose JSON body says what was wrong with the request."""
+    return web.HTTPBadRequest(
+        text=msgspec.json.encode({"ok": False, "error": message}).decode(),
+        content_type="application/json",
+    )
+
+
 def _ms_param(request: web.Request, name: str) -> int | None:
     """An optional epoch-milliseconds query parameter; 400 when it is not one."""
     text = request.query.get(name, "")
     if not text:
         return None
     if not text.isdigit() or len(text) > 15:
-        raise web.HTTPBadRequest(text=f"{name}: milliseconds since the epoch")
+        raise bad_request(f"{name}={text!r}: expected milliseconds since the epoch")
     return int(text)
 
 
@@ -128,7 +137,7 @@ def _count_param(request: web.Request, name: str, default: int, high: int) -> in
     if not text:
         return default
     if not text.isdigit() or int(text) > high:
-        raise web.HTTPBadRequest(text=f"{name}: a whole number from 0 to {high}")
+        raise bad_request(f"{name}={text!r}: expected a whole number from 0 to {high}")
     return int(text)
 
 
@@ -137,7 +146,7 @@ async def decisions(request: web.Request) -> web.Response:
     redis, keys = _book(request)
     before = request.query.get("before", "")
     if before and not re.fullmatch(r"\d{1,15}-\d{1,15}", before):
-        raise web.HTTPBadRequest(text="before: a stream entry id")
+        raise bad_request(f"before={before!r}: expected a stream entry id")
     kwargs = {
         "from_ms": _ms_param(request, "from"),
         "to_ms": _ms_param(request, "to"),

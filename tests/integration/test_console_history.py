@@ -81,3 +81,5 @@ async def test_malformed_history_parameters_are_refused(stack: Stack, path: str,
     url = f"http://127.0.0.1:{running.http_port}/api/console/{path}?{query}"
     async with aiohttp.ClientSession() as http, http.get(url) as resp:
         assert resp.status == 400
+        body = await resp.json()
+    assert body["ok"] is False and body["error"].startswith(query.split("=")[0] + "=")

@@ -4,10 +4,12 @@ needs are where they look (issue 17 item 4), and the ACL password's sources."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 
 import pytest
 
+from rotation_fsm.acl import aclfile_line
 from rotation_fsm.acl import command as acl_command
 from rotation_fsm.cli import COMMANDS, build_parser, main
 from rotation_fsm.controls import target
@@ -87,3 +89,11 @@ def test_acl_without_a_password_source_off_a_terminal_exits_2(capsys):
 
 def test_acl_password_is_not_offered_on_the_command_line():
     assert "--password " not in help_of("acl") and "--password-file" in help_of("acl")
+
+
+def test_an_acl_file_line_holds_the_password_hash_so_any_password_will_do():
+    line = aclfile_line("rotation-fsm", "two words")
+    assert "two words" not in line
+    assert f" #{hashlib.sha256(b'two words').hexdigest()} " in line
+    with pytest.raises(ValueError, match="user name"):
+        aclfile_line("two words", "pw")
