@@ -225,6 +225,50 @@ def panels() -> list[timeseries.Panel | statetimeline.Panel]:
             ],
             unit="ops",
         ),
+        _series(
+            "Exchange view freshness",
+            "Per book: the age of the exchange view's last good REST snapshot (the "
+            "user-data stream keeps the view current between snapshots).",
+            [
+                (
+                    f"max by (book) (rotation_exchange_view_snapshot_age_seconds{{{BOOK}}})",
+                    "{{book}} snapshot age",
+                )
+            ],
+            unit="s",
+        ),
+        _states(
+            "Exchange view source",
+            "Where each book's view of the account comes from: the user-data stream, REST "
+            "polling, starting, or stale (entries are blocked active_slots_exchange_stale).",
+            [
+                (
+                    f"max by (book, source) (rotation_exchange_view_source{{{BOOK}}})",
+                    "{{book}} {{source}}",
+                )
+            ],
+            {"0": ("", "transparent"), "1": ("current", "blue")},
+        ),
+        _series(
+            "Exchange request weight",
+            "Request weight each replica used in the last minute, against the budget it "
+            "keeps under Binance's limit; and answers 429 (throttled) / 418 (banned).",
+            [
+                (
+                    f"max by (instance) (rotation_exchange_weight_used{{{JOB}}})",
+                    "{{instance}} used",
+                ),
+                (
+                    f"max by (instance) (rotation_exchange_weight_budget{{{JOB}}})",
+                    "{{instance}} budget",
+                ),
+                (
+                    f"sum by (status) (increase(rotation_exchange_rate_limited_total{{{JOB}}}"
+                    f"[{RATE}]))",
+                    "HTTP {{status}}",
+                ),
+            ],
+        ),
         _states(
             "Engine replicas up",
             "Scraped (up) and reaching Redis, per replica.",
