@@ -207,21 +207,37 @@
     $("charts-regime").textContent = regime ? "regime now: " + regime : "";
   }
 
+  // Pushes that arrive while the history is on its way: the history replaces the
+  // buckets, so those written after it was read are applied again on top of it.
+  let arriving = null;
+
   async function backfill() {
     const before = Date.now();
+    arriving = [];
     const res = await fetch("/api/console/series?book=" + encodeURIComponent(book()));
-    if (!res.ok) return;
+    if (!res.ok) {
+      arriving = null;
+      return;
+    }
     const body = await res.json();
     offsetMs = body.now_ms - (before + Date.now()) / 2;
     const fresh = new Map();
     for (const b of body.buckets) fresh.set(b.t, { ...emptyBucket(), ...b, latencies: [] });
     buckets = fresh;
+    const later = (arriving || []).filter((m) => entryMs(m.id) > body.now_ms);
+    arriving = null;
+    for (const message of later) apply(message);
     draw();
   }
 
   function onChange(event) {
     const message = JSON.parse(event.detail);
     if (message.book !== book() || !message.fields) return;
+    if (arriving) arriving.push(message);
+    apply(message);
+  }
+
+  function apply(message) {
     const ms = entryMs(message.id);
     if (message.kind === "decisions") addDecision(ms, message.fields);
     else if (message.kind === "events") addEvent(ms, message.fields);
