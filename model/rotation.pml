@@ -35,8 +35,9 @@
  *                 kill before the commit loses it (invariant 5, with -DMAXCRASH=1).
  *   -DCHECK=mask  which invariants are asserted: bit n-1 for invariant n (default all).
  *
- * -DTTL (permits and reservations run out) is not a fault but an open race: spin finds
- * invariant 1 violated through a view older than a reservation's TTL (README).
+ * -DTTL: permits and reservations run out; a reservation past its TTL ends only on a
+ * view as of after the TTL ran out (without that rule spin found the slots exceeded
+ * through a view older than the TTL: -DTTL_ANY_VIEW).
  */
 
 /* ------------------------------------------------------------ bounds */
@@ -143,9 +144,13 @@ byte rec_ent[NP];               /* the plan entries answered (bit mask) */
 
 /* reservations (one per symbol) and hold keys (one per allowed entry) */
 byte res_h[NS];                 /* holders */
-byte res_set[NS];               /* settling: 1 + the newest executed result seen (0: not) */
+byte res_set[NS];               /* settling: the clock when its newest executed result
+                                   was written (0: not settling) */
 bit  hold[NP];
-bit  res_ttl[NS];               /* the reservation's until_ms has passed (-DTTL) */
+byte res_ttl[NS];               /* its until_ms has passed, at moment res_ttl (-DTTL) */
+byte clk;                       /* the model's clock: ticks when a result is written or
+                                   a TTL runs out (what a snapshot's "as of" is read on) */
+byte rs_at[NRE];                /* the clock just after each result was written */
 #define RES_ON(x) (res_h[x] > 0 || res_set[x] > 0)
 
 /* quantum:rotation:view_as_of: the newest exchange view a committed decision rested on */
@@ -223,7 +228,7 @@ inline execute(k) {
 inline report(k) {
   if
   :: assert(nrs < NRE);
-     rs_plan[nrs] = k; rs_exec[nrs] = (xst[k] == X_FILLED); nrs++
+     clk++; rs_plan[nrs] = k; rs_exec[nrs] = (xst[k] == X_FILLED); rs_at[nrs] = clk; nrs++
   :: lost < MAXLOST -> lost++               /* never written */
   fi;
   xst[k] = X_REPORTED
@@ -244,7 +249,7 @@ inline report(k) {
   :: atomic { permits[k] > 0 && xst[k] == X_NONE -> xst[k] = X_EXPIRED }
 #define RESERVATION_TTL(s, k) \
   :: atomic { RES_ON(s) && !res_ttl[s] && !(hold[k] && xst[k] == X_NONE) -> \
-       res_ttl[s] = 1; hold[k] = 0 }
+       clk++; res_ttl[s] = clk; hold[k] = 0 }
 #else
 #define EXPIRE_PERMIT(k)
 #define RESERVATION_TTL(s, k)
@@ -383,7 +388,7 @@ inline decide_plan() {
      fi;
 #endif
      if
-     :: !nov -> settle_releases()                         /* tidy_reservations */
+     :: !nov -> settle_releases(); ttl_releases()         /* tidy_reservations */
      :: else
      fi
   :: else
@@ -457,7 +462,7 @@ inline decide_result() {
         f_unhold = p + 1; f_ws = s + 1; f_wh = res_h[s] - 1; f_wset = res_set[s];
 #ifndef NO_SETTLE
         if
-        :: rs_exec[ie] && f_wset < ie + 1 -> f_wset = ie + 1   /* settling */
+        :: rs_exec[ie] && f_wset < rs_at[ie] -> f_wset = rs_at[ie]   /* settling */
         :: else
         fi
 #endif
@@ -480,13 +485,18 @@ inline decide_tick() {
   fi
 }
 
-/* expire_reservations / tidy_reservations: past their TTL (every batch) */
+/* tidy_reservations: one past its TTL (not settling) ends on a view as of after the
+   TTL ran out: a holder may have filled until its permit expired with it */
 inline ttl_releases() {
   skip;
 #ifdef TTL
   for (i : 0 .. NS - 1) {
     if
-    :: res_ttl[i] && RES_ON(i) -> f_rel = f_rel | BIT(i)
+#ifdef TTL_ANY_VIEW
+    :: res_ttl[i] > 0 && res_h[i] > 0 -> f_rel = f_rel | BIT(i)
+#else
+    :: res_ttl[i] > 0 && res_h[i] > 0 && asof >= res_ttl[i] -> f_rel = f_rel | BIT(i)
+#endif
     :: else
     fi
   }
@@ -494,7 +504,6 @@ inline ttl_releases() {
 }
 
 inline decide() {
-  ttl_releases();
   if
   :: ik == IN_PLAN -> decide_plan()
   :: ik == IN_RESULT -> decide_result()
@@ -653,7 +662,7 @@ inline commit() {
 proctype Replica(byte me) {
   byte ik, ie;                  /* the input: kind; entry index, or rotation for a tick */
   bit  mkt, got;                /* the batch asked the exchange; its answer came */
-  byte asof, snap;              /* the snapshot: as of when (results written by then),
+  byte asof, snap;              /* the snapshot: as of when (the clock as its requests went out),
                                    which positions were open */
   /* the effects decided, written by the commit */
   byte f_rp, f_rdec, f_rrot, f_rent; bit f_rfin;   /* SavePlan */
@@ -700,7 +709,7 @@ work:
   if
   /* fetch_market, before the load: the requests go out ("as of": the results written
      by then), and the answer comes a step later (it may show more) */
-  :: atomic { NEEDS_MARKET && !mkt -> mkt = 1; asof = nrs }; goto work
+  :: atomic { NEEDS_MARKET && !mkt -> mkt = 1; asof = clk }; goto work
   :: atomic { mkt && !got -> got = 1; snap = xopen }; goto work
 #ifdef NO_GUARD
   /* load and decide on the view; the commit is another step and writes it blindly */
@@ -715,7 +724,7 @@ work:
   :: atomic { READY && !BEHIND -> decide(); commit() }; goto end_idle
 #ifndef NO_FORWARD
   /* _behind: another replica decided on a newer view: fetch again */
-  :: atomic { READY && BEHIND -> got = 0; asof = nrs }; goto work
+  :: atomic { READY && BEHIND -> got = 0; asof = clk }; goto work
 #endif
 #endif
   /* Everything before the commit is the process's own memory, so a kill -9 anywhere

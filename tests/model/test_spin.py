@@ -32,6 +32,14 @@ CONFIGURATIONS = {
         "-DMAXLOST=1",
         "-DMAXSTOP=1",
     ],
+    "ttl-and-lost-result": [
+        "-DTTL",
+        "-DRESEND=0",
+        "-DMAXSTEAL=0",
+        "-DMAXCRASH=0",
+        "-DMAXDIE=0",
+        "-DMAXLOST=1",
+    ],
     "three-replicas-one-killed": [
         "-DNR=3",
         "-DRESEND=0",
@@ -41,12 +49,13 @@ CONFIGURATIONS = {
     ],
 }
 
-#: A seeded fault, and the invariant spin must then report violated: one for each
-#: invariant, so none of the checks can pass for want of looking.
+#: A seeded fault, and the invariant spin must then report violated: at least one for
+#: each invariant, so none of the checks can pass for want of looking.
 FAULTS = {
     "snapshot-race-without-settling": (["-DNO_SETTLE"], 1),
     "snapshot-race-without-forward-views": (["-DNO_FORWARD"], 1),
     "doubled-close-without-version-guard": (["-DNO_GUARD", "-DCHECK=2"], 2),
+    "snapshot-race-when-ttl-ends-on-any-view": (["-DTTL", "-DTTL_ANY_VIEW", "-DRESEND=0"], 1),
     "rotation-never-final-without-timer": (["-DNO_TIMER", "-DMAXLOST=1"], 4),
     "entry-lost-when-acked-on-read": (["-DACK_ON_READ"], 5),
 }
