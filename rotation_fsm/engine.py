@@ -360,6 +360,9 @@ class BookEngine:
             # or is silent, while a rotation completes). The book's mark moves past
             # it, so every replica decides its next OPEN plans on a newer view.
             effects.append(ViewAsOf(now_ms + rules.clock_skew_ms))
+            # This replica's next batch waits and refreshes before it takes the lock,
+            # rather than finding itself behind while holding it (and the timer).
+            self._view_floor_ms = max(self._view_floor_ms, now_ms + rules.clock_skew_ms)
         if self.view is not None and any(
             isinstance(i, ResultIn) and i.result.executed for i in inputs
         ):
