@@ -8,7 +8,6 @@ WORKDIR /src
 # compiler is needed even here).
 COPY pyproject.toml README.md ./
 COPY rotation_fsm ./rotation_fsm
-COPY services ./services
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11.11-slim-bookworm

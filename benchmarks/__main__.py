@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rotation_fsm.redis_process import find_redis_server
+from rotation_fsm.devkit.redis_process import find_redis_server
 
 from .report import RunInfo, render_details, render_table, to_json
 from .rig import open_rig

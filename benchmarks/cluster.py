@@ -38,9 +38,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from rotation_fsm.keys import Keys
-from rotation_fsm.redis_cluster import RedisClusterProcess, split_slots
-from rotation_fsm.redis_process import RedisProcess
+from rotation_fsm.devkit.redis_cluster import RedisClusterProcess, split_slots
+from rotation_fsm.devkit.redis_process import RedisProcess
+from rotation_fsm.store.keys import Keys
 
 from .procs import Child, cpu_seconds, rss_bytes
 from .rig import API_KEY, API_SECRET, ENGINE_READY, EXCHANGE_READY, plan_fields
@@ -310,7 +310,8 @@ class _Bench:
                 exchange = self._child("benchmarks.exchange", [], {}, f"exchange-{index}")
                 children.append(exchange)
                 url = exchange.wait_for_line(EXCHANGE_READY).group(1)
-                engine = self._child("rotation_fsm.cli", ["run"], self._env(index, books, url))
+                env = self._env(index, books, url)
+                engine = self._child("rotation_fsm.tools.cli", ["run"], env)
                 children.append(engine)
                 engines.append(engine)
             for engine in engines:

@@ -4,7 +4,7 @@ Its own process, so serving the engine's HTTP calls never shares an event loop
 (or a core's time slice) with the measuring client. Options:
 
 - `--positions N` opens N positions (`held_symbol(i)`) before serving: a full book.
-- `--apply` also runs the paper exchange's apply loop (`services.paper_exchange.apply`)
+- `--apply` also runs the paper exchange's apply loop (`rotation_fsm.devkit.paper_exchange.apply`)
   with no latency, so closes the engine emits are executed on the book and
   confirmed on the result stream, as in the stack.
 
@@ -25,9 +25,9 @@ from collections.abc import Awaitable
 from aiohttp import web
 from redis.asyncio import Redis
 
-from rotation_fsm.keys import Keys
-from services.paper_exchange.book import PaperBook
-from services.paper_exchange.protocol import make_app
+from rotation_fsm.devkit.paper_exchange.book import PaperBook
+from rotation_fsm.devkit.paper_exchange.protocol import make_app
+from rotation_fsm.store.keys import Keys
 
 HOST = "127.0.0.1"
 POSITION_PRICE = 100.0
@@ -74,7 +74,7 @@ async def _serve(positions: int, apply: bool) -> None:
 
 async def _apply_loop(redis: Redis, book: PaperBook, stop: asyncio.Event) -> asyncio.Future[None]:
     """The paper exchange's own apply loop, zero latency, group created before we say ready."""
-    from services.paper_exchange.apply import ApplyConfig, ApplyLoop
+    from rotation_fsm.devkit.paper_exchange.apply import ApplyConfig, ApplyLoop
 
     loop = ApplyLoop(redis, book, Keys(), ApplyConfig(latency_ms=0, seed=1))
     await loop.ensure_group()

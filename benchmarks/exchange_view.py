@@ -1,6 +1,6 @@
 """`python -m benchmarks.exchange_view`: the engine deciding on its live exchange view.
 
-Its own redis-server, the real paper exchange (`python -m services.paper_exchange`:
+Its own redis-server, the real paper exchange (`python -m rotation_fsm.devkit.paper_exchange`:
 REST with Binance's weight accounting on — 2,400 per minute, 429 then 418 — the
 user-data stream, and the apply loop filling every ALLOW after `--fill-ms`), and one
 `rotation-fsm run`. Three rows:
@@ -29,8 +29,8 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
-from rotation_fsm.keys import Keys
-from rotation_fsm.redis_process import RedisProcess
+from rotation_fsm.devkit.redis_process import RedisProcess
+from rotation_fsm.store.keys import Keys
 
 from .latency import _Books, _drain, _produce, _read
 from .procs import Child
@@ -63,7 +63,7 @@ def _paper(
         "PAPER_SEED": "7",
     }
     log = workdir / f"paper-exchange-{'fills' if fill_ms is not None else 'api'}.log"
-    child = Child("services.paper_exchange", [], env, log)
+    child = Child("rotation_fsm.devkit.paper_exchange", [], env, log)
     return child, child.wait_for_line(PAPER_READY).group(1)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from rotation_fsm.keys import Keys
+from rotation_fsm.store.keys import Keys
 
 SAMPLE = 200
 

@@ -22,7 +22,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from rotation_fsm import reasons as R
+from rotation_fsm.core import reasons as R
 
 from .exchange import held_symbol
 from .footprint import Footprint, measure_footprint

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from rotation_fsm.launch import die_with_parent
+from rotation_fsm.devkit.launch import die_with_parent
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT_S = 20.0

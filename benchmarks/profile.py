@@ -24,7 +24,7 @@ from pathlib import Path
 
 SAMPLE_RATE = 250
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = ("rotation_fsm/", "services/")
+PROJECT = ("rotation_fsm/",)
 UNMATCHED = "none of these (event loop, timer, other)"
 #: the steps of the engine's batch, found by the functions on the stack
 STAGES: list[tuple[str, tuple[str, ...]]] = [
@@ -152,7 +152,7 @@ def summarize(path: Path, top: int = 15) -> ProfileSummary | None:
 
 
 def _frame(text: str) -> tuple[str, str]:
-    """`handle (/x/rotation_fsm/engine.py:123)` → (`handle`, `rotation_fsm/engine.py`)."""
+    """`handle (/x/rotation_fsm/engine.py:123)` → (`handle`, `rotation_fsm/runtime/engine.py`)."""
     match = _FRAME.match(text.strip())
     if match is None:
         return text.strip(), ""
@@ -168,7 +168,7 @@ def _label(frame: tuple[str, str]) -> str:
 
 
 def _module(path: str) -> str:
-    """`rotation_fsm/store.py` stays; a library's file becomes its package (`redis`)."""
+    """`rotation_fsm/store/gateway.py` stays; a library's file becomes its package (`redis`)."""
     if path.startswith(PROJECT):
         return path
     return path.split("/", 1)[0] if "/" in path else path or "?"

@@ -1,6 +1,6 @@
 """The rig every measurement runs on: its own redis-server, the paper exchange, engines.
 
-Engines run as separate processes (`python -m rotation_fsm.cli run`), configured
+Engines run as separate processes (`python -m rotation_fsm.tools.cli run`), configured
 by the environment exactly as in production, so the measuring client never
 shares their event loop. Nothing here talks to a Redis the rig did not start.
 """
@@ -19,8 +19,8 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
-from rotation_fsm.keys import Keys
-from rotation_fsm.redis_process import RedisProcess
+from rotation_fsm.devkit.redis_process import RedisProcess
+from rotation_fsm.store.keys import Keys
 
 from .procs import Child, rss_bytes
 from .resp import RawConnection
@@ -127,7 +127,7 @@ class Rig:
         it is running."""
         children = [
             Child(
-                "rotation_fsm.cli",
+                "rotation_fsm.tools.cli",
                 ["run"],
                 self.engine_env(name, exchange_url, **extra),
                 self.log_path(f"engine-{name}"),

@@ -20,8 +20,8 @@ import time
 
 from redis.asyncio import Redis
 
-from rotation_fsm.keys import Keys
-from rotation_fsm.redis_process import RedisProcess, free_port
+from rotation_fsm.devkit.redis_process import RedisProcess, free_port
+from rotation_fsm.store.keys import Keys
 
 from .rig import plan_fields
 
@@ -124,7 +124,7 @@ def run(clients: int, args: argparse.Namespace) -> str:
         "BINANCE_BASE_URL": "http://127.0.0.1:9",
     }
     engine = subprocess.Popen(
-        [sys.executable, "-m", "rotation_fsm.cli", "run"],
+        [sys.executable, "-m", "rotation_fsm.tools.cli", "run"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

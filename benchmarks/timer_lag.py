@@ -25,16 +25,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from rotation_fsm import reasons as R
-from rotation_fsm.keys import Keys
-from rotation_fsm.machine import State, Trigger
-from rotation_fsm.messages import (
+from rotation_fsm.core import reasons as R
+from rotation_fsm.core.machine import State, Trigger
+from rotation_fsm.core.messages import (
     PlanRecord,
     RotationRecord,
     encode_json,
     lock_body,
     rotation_to_hash,
 )
+from rotation_fsm.store.keys import Keys
 
 from .resp import RawConnection
 from .rig import Rig

@@ -29,13 +29,13 @@ from typing import Any
 
 import hiredis
 
-from rotation_fsm.audit import batch_entry, seed_of
-from rotation_fsm.decide import BookView, PlanIn, decide_batch
-from rotation_fsm.keys import Keys
-from rotation_fsm.messages import parse_plan
-from rotation_fsm.settings import Rules
-from rotation_fsm.snapshot import build_market
-from rotation_fsm.store import COMMIT_LUA, Store
+from rotation_fsm.core.audit import batch_entry, seed_of
+from rotation_fsm.core.decide import BookView, PlanIn, decide_batch
+from rotation_fsm.core.messages import parse_plan
+from rotation_fsm.core.settings import Rules
+from rotation_fsm.core.snapshot import build_market
+from rotation_fsm.store.gateway import COMMIT_LUA, Store
+from rotation_fsm.store.keys import Keys
 
 from .procs import cpu_seconds
 from .resp import RawConnection

@@ -49,7 +49,7 @@ async def shoot(seconds: float) -> None:
     log = Path(tempfile.mkdtemp()) / "stack.log"
     with log.open("w") as out:
         stack = subprocess.Popen(
-            [sys.executable, "-m", "rotation_fsm.cli", "stack", "--seconds", str(seconds + 60)],
+            [sys.executable, "-m", "rotation_fsm.tools.cli", "stack", "--seconds", str(seconds + 60)],
             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
         )  # fmt: skip
     try:

@@ -4,10 +4,10 @@ The pure core (`machine`, `regime`, `slots`, `decide`) knows nothing of Redis or
 HTTP; `store`, `listener`, `timer`, `exchange` and `service` are the shell.
 """
 
-from .decide import BookView, Market, decide_batch
-from .machine import FINAL, IN_FLIGHT, IllegalTransition, State, Trigger
-from .messages import BadEntry, Plan, Result, RotationRecord, parse_plan, parse_result
-from .settings import Rules, SettingError, Settings, load_settings
+from .core.decide import BookView, Market, decide_batch
+from .core.machine import FINAL, IN_FLIGHT, IllegalTransition, State, Trigger
+from .core.messages import BadEntry, Plan, Result, RotationRecord, parse_plan, parse_result
+from .core.settings import Rules, SettingError, Settings, load_settings
 
 #: the package's version, written here only (pyproject.toml reads it; CHANGELOG.md tells it)
 __version__ = "0.2.0"

@@ -17,7 +17,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from rotation_fsm.redis_process import RedisProcess, all_redis_servers
+from rotation_fsm.devkit.redis_process import RedisProcess, all_redis_servers
 
 RedisFactory = Callable[..., RedisProcess]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from rotation_fsm.decide import Market
-from rotation_fsm.market import Account, Kline, Position
-from rotation_fsm.messages import Plan, Result
-from rotation_fsm.settings import Rules
+from rotation_fsm.core.decide import Market
+from rotation_fsm.core.market import Account, Kline, Position
+from rotation_fsm.core.messages import Plan, Result
+from rotation_fsm.core.settings import Rules
 
 NOW_MS = 1_770_135_000_000
 HOUR_MS = 3_600_000

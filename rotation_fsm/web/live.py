@@ -31,9 +31,9 @@ from typing import Any, cast
 
 from redis.exceptions import RedisError
 
-from ..errors import RotationFsmError
-from ..messages import as_text_lenient, fields_text
-from ..store import Store
+from ..core.errors import RotationFsmError
+from ..core.messages import as_text_lenient, fields_text
+from ..store.gateway import Store
 
 log = logging.getLogger("rotation_fsm.web")
 

@@ -25,8 +25,8 @@ import msgspec
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from ..keys import Keys
-from ..store import AnyRedis, Store
+from ..store.gateway import AnyRedis, Store
+from ..store.keys import Keys
 from .live import DEFAULT_MAX_CLIENTS, Hub, HubFull, sse_messages
 from .series import console_series
 from .state import PAGE_ROWS, console_state, console_story, decision_page, rotation_page

@@ -15,11 +15,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import reasons as R
-from ..keys import Keys
-from ..messages import fields_text
-from ..store import AnyRedis
-from ..stream_pages import scan_stream
+from ..core import reasons as R
+from ..core.messages import fields_text
+from ..store.gateway import AnyRedis
+from ..store.keys import Keys
+from ..store.stream_pages import scan_stream
 from .state import entry_ms
 
 WINDOW_S = 900

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..diagram import render_path
-from ..explain import book_now, explain, rotation_hashes
-from ..keys import Keys
-from ..messages import RotationRecord, as_text_lenient, fields_text, rotation_from_hash
-from ..store import AnyRedis
+from ..core.messages import RotationRecord, as_text_lenient, fields_text, rotation_from_hash
+from ..store.gateway import AnyRedis
+from ..store.keys import Keys
+from ..tools.diagram import render_path
+from ..tools.explain import book_now, explain, rotation_hashes
 
 HOUR_S = 3600.0
 RECENT_DECISIONS = 200

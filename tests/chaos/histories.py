@@ -10,13 +10,13 @@ import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from rotation_fsm.audit import AuditBatch, ViewSeed
-from rotation_fsm.chaos import Entry, History
-from rotation_fsm.decide import Input, PlanIn, ResultIn, Tick
-from rotation_fsm.messages import Hold, PlanRecord, Reservation, RotationRecord
-from rotation_fsm.regime import Regime, RegimeReading
-from rotation_fsm.settings import Rules
-from rotation_fsm.snapshot import Market
+from rotation_fsm.core.audit import AuditBatch, ViewSeed
+from rotation_fsm.core.decide import Input, PlanIn, ResultIn, Tick
+from rotation_fsm.core.messages import Hold, PlanRecord, Reservation, RotationRecord
+from rotation_fsm.core.regime import Regime, RegimeReading
+from rotation_fsm.core.settings import Rules
+from rotation_fsm.core.snapshot import Market
+from rotation_fsm.devkit.chaos import Entry, History
 from tests.stubs import plan, position, result
 
 _ids = itertools.count(1)

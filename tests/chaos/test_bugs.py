@@ -14,11 +14,11 @@ import json
 
 from redis.asyncio import Redis
 
-from rotation_fsm.engine import BookEngine
-from rotation_fsm.keys import Keys
-from rotation_fsm.listener import Listener
-from rotation_fsm.market import Account, Kline, Position
-from rotation_fsm.store import Store
+from rotation_fsm.core.market import Account, Kline, Position
+from rotation_fsm.runtime.engine import BookEngine
+from rotation_fsm.runtime.listener import Listener
+from rotation_fsm.store.gateway import Store
+from rotation_fsm.store.keys import Keys
 from tests.stubs import UNIVERSE, plan_fields, rules
 
 GROUP = "rotation-fsm"

@@ -1,4 +1,4 @@
-"""One short chaos run, as CI runs it: `python -m rotation_fsm.chaos --seconds 45`.
+"""One short chaos run, as CI runs it: `python -m rotation_fsm.devkit.chaos --seconds 45`.
 
 Three replicas, the paper exchange with rejects and lost results, plans with
 duplicates, resends and malformed entries; replicas killed -9, Redis killed -9 and
@@ -52,7 +52,7 @@ def chaos_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     out = workdir / "report.json"
     argv = ["--seconds", str(SECONDS), "--json", str(out), "--workdir", str(workdir / "run")]
     proc = subprocess.run(
-        [sys.executable, "-W", "error", "-m", "rotation_fsm.chaos", *argv],
+        [sys.executable, "-W", "error", "-m", "rotation_fsm.devkit.chaos", *argv],
         cwd=ROOT,
         capture_output=True,
         text=True,

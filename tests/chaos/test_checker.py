@@ -6,8 +6,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from rotation_fsm import reasons as R
-from rotation_fsm.chaos import History, Verdict, allowance_ms, also_checked, check
+from rotation_fsm.core import reasons as R
+from rotation_fsm.devkit.chaos import History, Verdict, allowance_ms, also_checked, check
 from tests.chaos.histories import (
     batch,
     close_plan_entry,

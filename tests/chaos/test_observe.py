@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from rotation_fsm.chaos import Fault, _set_keys, malformed, read_permits, schedule
-from rotation_fsm.decide import BadIn
-from rotation_fsm.keys import Keys
-from rotation_fsm.listener import to_input
+from rotation_fsm.core.decide import BadIn
+from rotation_fsm.devkit.chaos import Fault, _set_keys, malformed, read_permits, schedule
+from rotation_fsm.runtime.listener import to_input
+from rotation_fsm.store.keys import Keys
 from tests.conftest import RedisFactory
 
 SET_PERMIT = (

@@ -25,13 +25,13 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from rotation_fsm.account_view import AccountView
-from rotation_fsm.keys import Keys
-from rotation_fsm.service import Running, run_engine
-from rotation_fsm.settings import load_settings
-from services.paper_exchange.book import PaperBook
-from services.paper_exchange.protocol import make_app
-from services.paper_exchange.user_stream import UserStream
+from rotation_fsm.core.settings import load_settings
+from rotation_fsm.devkit.paper_exchange.book import PaperBook
+from rotation_fsm.devkit.paper_exchange.protocol import make_app
+from rotation_fsm.devkit.paper_exchange.user_stream import UserStream
+from rotation_fsm.runtime.account_view import AccountView
+from rotation_fsm.runtime.service import Running, run_engine
+from rotation_fsm.store.keys import Keys
 from tests.stubs import UNIVERSE, plan_fields
 
 API_KEY = "test-key-AAAA1111"
@@ -251,7 +251,7 @@ class EngineProcess:
 
     async def start(self, timeout_s: float = 15.0) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rotation_fsm.cli", "run"],
+            [sys.executable, "-m", "rotation_fsm.tools.cli", "run"],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from rotation_fsm.account_view import POLLING, STREAM, AccountView, ViewConfig, ws_url_for
-from rotation_fsm.exchange import POSITION_RISK, ExchangeClient, ExchangeUnavailable
-from rotation_fsm.settings import Rules
-from rotation_fsm.weights import WeightBudget
-from services.paper_exchange.book import PaperBook
-from services.paper_exchange.protocol import make_app
-from services.paper_exchange.user_stream import UserStream
+from rotation_fsm.core.settings import Rules
+from rotation_fsm.devkit.paper_exchange.book import PaperBook
+from rotation_fsm.devkit.paper_exchange.protocol import make_app
+from rotation_fsm.devkit.paper_exchange.user_stream import UserStream
+from rotation_fsm.runtime.account_view import POLLING, STREAM, AccountView, ViewConfig, ws_url_for
+from rotation_fsm.runtime.exchange import POSITION_RISK, ExchangeClient, ExchangeUnavailable
+from rotation_fsm.runtime.weights import WeightBudget
 from tests.integration.harness import until_view as until
 
 pytestmark = pytest.mark.timeout(60)

@@ -14,7 +14,7 @@ UNREACHABLE = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "rotation_fsm.cli", *args],
+        [sys.executable, "-m", "rotation_fsm.tools.cli", *args],
         env={**os.environ, "REDIS_URL": UNREACHABLE, **env},
         capture_output=True,
         text=True,

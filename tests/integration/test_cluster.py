@@ -23,11 +23,11 @@ import redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ClusterDownError, TryAgainError
 
-from rotation_fsm import reasons as R
-from rotation_fsm.keys import Keys
-from rotation_fsm.redis_cluster import RedisClusterProcess
-from rotation_fsm.service import Running, is_redis_down, run_engine
-from rotation_fsm.settings import Streams, load_settings
+from rotation_fsm.core import reasons as R
+from rotation_fsm.core.settings import Streams, load_settings
+from rotation_fsm.devkit.redis_cluster import RedisClusterProcess
+from rotation_fsm.runtime.service import Running, is_redis_down, run_engine
+from rotation_fsm.store.keys import Keys
 from tests.integration.harness import API_KEY, API_SECRET, Stack, fields_of, paper_exchange
 
 pytestmark = pytest.mark.timeout(90)

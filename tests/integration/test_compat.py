@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rotation_fsm import reasons as R
+from rotation_fsm.core import reasons as R
 from tests.integration.harness import open_stack
 
 pytestmark = pytest.mark.timeout(60)

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 
 from rotation_fsm import __version__
-from rotation_fsm import reasons as R
-from rotation_fsm.acl import aclfile_line
+from rotation_fsm.core import reasons as R
+from rotation_fsm.tools.acl import aclfile_line
 from tests.integration.harness import API_SECRET, Stack
 from tests.integration.test_stack import DOCKERFILE, ROOT, compose, our_services
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from rotation_fsm import reasons as R
+from rotation_fsm.core import reasons as R
 from rotation_fsm.web.routes import CSP
 from tests.integration.harness import Stack
 

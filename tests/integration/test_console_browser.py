@@ -18,10 +18,10 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from rotation_fsm import reasons as R
-from rotation_fsm.controls import Controls
-from rotation_fsm.http import make_app
-from rotation_fsm.settings import load_settings
+from rotation_fsm.core import reasons as R
+from rotation_fsm.core.settings import load_settings
+from rotation_fsm.runtime.controls import Controls
+from rotation_fsm.web.http import make_app
 from tests.integration.harness import Stack
 
 pytestmark = pytest.mark.timeout(300)  # the first may install Chromium on a fresh machine

@@ -7,8 +7,8 @@ import aiohttp
 import pytest
 import redis.asyncio
 
-from rotation_fsm import reasons as R
-from rotation_fsm.keys import Keys
+from rotation_fsm.core import reasons as R
+from rotation_fsm.store.keys import Keys
 from rotation_fsm.web.state import decision_page, rotation_page
 from tests.integration.harness import Stack
 from tests.integration.test_console_trader import BASE_MS, FINISHED, seed_finished

@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 import pytest
 from playwright.async_api import Browser, expect
 
-from rotation_fsm import reasons as R
-from rotation_fsm.messages import RotationRecord, rotation_to_hash
-from rotation_fsm.regime import Regime
-from services.paper_exchange.book import synthetic_klines
+from rotation_fsm.core import reasons as R
+from rotation_fsm.core.messages import RotationRecord, rotation_to_hash
+from rotation_fsm.core.regime import Regime
+from rotation_fsm.devkit.paper_exchange.book import synthetic_klines
 from tests.integration.harness import Stack
 from tests.integration.test_console_browser import SLOTS, TOKEN, open_console, screenshot
 

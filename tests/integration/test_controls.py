@@ -10,11 +10,11 @@ import time
 import aiohttp
 import pytest
 
-from rotation_fsm import reasons as R
-from rotation_fsm.audit import SettingChange, parse_entry
-from rotation_fsm.controls import Controls, Refused
-from rotation_fsm.keys import Keys
-from rotation_fsm.settings import load_settings
+from rotation_fsm.core import reasons as R
+from rotation_fsm.core.audit import SettingChange, parse_entry
+from rotation_fsm.core.settings import load_settings
+from rotation_fsm.runtime.controls import Controls, Refused
+from rotation_fsm.store.keys import Keys
 from tests.integration.harness import Stack, fields_of
 
 pytestmark = pytest.mark.timeout(60)
@@ -159,7 +159,7 @@ async def test_http_controls_refuse_when_no_token_is_configured(stack: Stack):
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "rotation_fsm.cli", *args],
+        [sys.executable, "-m", "rotation_fsm.tools.cli", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -187,8 +187,8 @@ async def test_cli_exit_codes(stack: Stack):
 async def test_a_replay_of_a_run_with_live_changes_reproduces_its_decisions(
     stack: Stack, tmp_path, monkeypatch, capsys
 ):
-    from rotation_fsm.cli import main
-    from rotation_fsm.settings import RULE_SPECS
+    from rotation_fsm.core.settings import RULE_SPECS
+    from rotation_fsm.tools.cli import main
 
     for name in RULE_SPECS:  # replay overrides recorded rules only with what the env sets
         monkeypatch.delenv(name, raising=False)

@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from rotation_fsm import replay, stream_pages
-from rotation_fsm.cli import main
-from rotation_fsm.keys import Keys
-from rotation_fsm.progress import progress
+from rotation_fsm.store import stream_pages
+from rotation_fsm.store.keys import Keys
+from rotation_fsm.tools import replay
+from rotation_fsm.tools.cli import main
+from rotation_fsm.tools.progress import progress
 
 ENTRIES_PER_STREAM = 600
 STREAMS = ("plans", "decisions")

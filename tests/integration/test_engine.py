@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from rotation_fsm import reasons as R
+from rotation_fsm.core import reasons as R
 from tests.integration.harness import Stack
 
 pytestmark = pytest.mark.timeout(60)
@@ -200,7 +200,10 @@ async def test_a_bad_setting_stops_start_up_with_one_line(stack: Stack, engine_p
 
     env = {**stack.env(), "GOV_ACTIVE_SLOTS_BASE": "abc"}
     out = subprocess.run(
-        [sys.executable, "-m", "rotation_fsm.cli", "run"], env=env, capture_output=True, timeout=30
+        [sys.executable, "-m", "rotation_fsm.tools.cli", "run"],
+        env=env,
+        capture_output=True,
+        timeout=30,
     )
     assert out.returncode == 2
     lines = out.stderr.decode().strip().splitlines()

@@ -8,10 +8,10 @@ import json
 import aiohttp
 import pytest
 
-from rotation_fsm import reasons as R
-from rotation_fsm.account_view import STREAM, AccountView
-from rotation_fsm.exchange import POSITION_RISK
-from rotation_fsm.service import Running
+from rotation_fsm.core import reasons as R
+from rotation_fsm.runtime.account_view import STREAM, AccountView
+from rotation_fsm.runtime.exchange import POSITION_RISK
+from rotation_fsm.runtime.service import Running
 from tests.integration.harness import Stack, until_view
 
 pytestmark = pytest.mark.timeout(60)

@@ -17,17 +17,17 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from rotation_fsm.exchange import (
+from rotation_fsm.core.market import Account, Kline, Position
+from rotation_fsm.core.regime import HOUR_MS, Regime, classify
+from rotation_fsm.devkit.paper_exchange.book import PaperBook, synthetic_klines
+from rotation_fsm.devkit.paper_exchange.protocol import make_app
+from rotation_fsm.runtime.exchange import (
     ACCOUNT,
     KLINES,
     POSITION_RISK,
     ExchangeClient,
     ExchangeUnavailable,
 )
-from rotation_fsm.market import Account, Kline, Position
-from rotation_fsm.regime import HOUR_MS, Regime, classify
-from services.paper_exchange.book import PaperBook, synthetic_klines
-from services.paper_exchange.protocol import make_app
 
 API_KEY = "key-AAAA1111"
 API_SECRET = "secret-BBBB2222"

@@ -10,9 +10,9 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from rotation_fsm import reasons as R
-from rotation_fsm.keys import Keys
-from services.intent_simulator.simulator import IntentSimulator, SimConfig
+from rotation_fsm.core import reasons as R
+from rotation_fsm.devkit.intent_simulator.simulator import IntentSimulator, SimConfig
+from rotation_fsm.store.keys import Keys
 from tests.integration.harness import Stack, fields_of, open_stack
 from tests.stubs import plan_fields
 
@@ -116,6 +116,6 @@ async def test_the_intent_simulator_survives_a_redis_restart(redis_factory):
 async def test_the_engine_logs_json_objects_when_asked(stack: Stack, engine_process):
     proc = await engine_process(stack.env(GOV_LOG_FORMAT="json", METRICS_PORT="0"))
     record = json.loads(proc.log_lines[-1])
-    assert record["logger"] == "rotation_fsm.service" and record["level"] == "INFO"
+    assert record["logger"] == "rotation_fsm.runtime.service" and record["level"] == "INFO"
     assert record["msg"].startswith("rotation-fsm running")
     assert all(json.loads(line) for line in proc.log_lines)  # every line an object

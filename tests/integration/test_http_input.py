@@ -10,12 +10,12 @@ import pytest
 from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
-from rotation_fsm.controls import Controls
-from rotation_fsm.http import Health, make_app
-from rotation_fsm.keys import Keys
-from rotation_fsm.metrics import Metrics
-from rotation_fsm.settings import load_settings
-from rotation_fsm.store import Store
+from rotation_fsm.core.settings import load_settings
+from rotation_fsm.runtime.controls import Controls
+from rotation_fsm.runtime.metrics import Metrics
+from rotation_fsm.store.gateway import Store
+from rotation_fsm.store.keys import Keys
+from rotation_fsm.web.http import Health, make_app
 
 pytestmark = pytest.mark.timeout(30)
 TOKEN = "t0ken-for-tests"

@@ -10,12 +10,12 @@ import time
 import msgspec
 import pytest
 
-from rotation_fsm import reasons as R
-from rotation_fsm.audit import SettingChange, parse_entry
-from rotation_fsm.cli import main
-from rotation_fsm.heartbeat import Heartbeat
-from rotation_fsm.keys import Keys
-from rotation_fsm.settings import RULE_SPECS
+from rotation_fsm.core import reasons as R
+from rotation_fsm.core.audit import SettingChange, parse_entry
+from rotation_fsm.core.settings import RULE_SPECS
+from rotation_fsm.runtime.heartbeat import Heartbeat
+from rotation_fsm.store.keys import Keys
+from rotation_fsm.tools.cli import main
 from tests.integration.harness import Stack, fields_of
 
 pytestmark = pytest.mark.timeout(60)

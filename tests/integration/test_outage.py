@@ -9,7 +9,7 @@ import time
 import aiohttp
 import pytest
 
-from rotation_fsm import reasons as R
+from rotation_fsm.core import reasons as R
 from tests.integration.harness import EngineProcess, open_stack
 
 pytestmark = pytest.mark.timeout(90)

@@ -25,10 +25,15 @@ import aiohttp
 import pytest
 import yaml
 
-from rotation_fsm import reasons as R
-from rotation_fsm.machine import State
-from rotation_fsm.prometheus_config import RULES, config_text, find_prometheus, prometheus_argv
-from rotation_fsm.redis_process import free_port
+from rotation_fsm.core import reasons as R
+from rotation_fsm.core.machine import State
+from rotation_fsm.devkit.prometheus_config import (
+    RULES,
+    config_text,
+    find_prometheus,
+    prometheus_argv,
+)
+from rotation_fsm.devkit.redis_process import free_port
 from tests.integration.harness import Stack
 
 pytestmark = pytest.mark.timeout(120)

@@ -8,13 +8,13 @@ import time
 
 import pytest
 
-from rotation_fsm import reasons as R
-from rotation_fsm.engine import BookEngine
-from rotation_fsm.keys import Keys
-from rotation_fsm.listener import Listener
-from rotation_fsm.messages import rotation_from_hash
-from rotation_fsm.store import Store
-from rotation_fsm.timer import Timer
+from rotation_fsm.core import reasons as R
+from rotation_fsm.core.messages import rotation_from_hash
+from rotation_fsm.runtime.engine import BookEngine
+from rotation_fsm.runtime.listener import Listener
+from rotation_fsm.runtime.timer import Timer
+from rotation_fsm.store.gateway import Store
+from rotation_fsm.store.keys import Keys
 from tests.integration.harness import Stack, open_stack
 from tests.stubs import UNIVERSE, StubExchange, plan_fields, rules
 

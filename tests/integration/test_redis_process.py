@@ -12,8 +12,8 @@ import pytest
 import redis
 import redis.asyncio
 
-from rotation_fsm import redis_process
-from rotation_fsm.redis_process import (
+from rotation_fsm.devkit import redis_process
+from rotation_fsm.devkit.redis_process import (
     RedisProcess,
     RedisServerNotFoundError,
     RedisStartError,

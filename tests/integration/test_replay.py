@@ -1,7 +1,7 @@
 """Issue #4 end to end: record a real run (engine + real Redis), dump it, replay it.
 
 The run has a free-slot allow, a confirmed rotation and a timed-out one. The
-commands run in-process through `rotation_fsm.cli.main`, each in a thread of
+commands run in-process through `rotation_fsm.tools.cli.main`, each in a thread of
 its own: they call `asyncio.run`, which cannot nest in the test's event loop.
 """
 
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from rotation_fsm import reasons as R
-from rotation_fsm.cli import main
-from rotation_fsm.regime import Regime
-from rotation_fsm.settings import RULE_SPECS
-from services.paper_exchange.book import synthetic_klines
+from rotation_fsm.core import reasons as R
+from rotation_fsm.core.regime import Regime
+from rotation_fsm.core.settings import RULE_SPECS
+from rotation_fsm.devkit.paper_exchange.book import synthetic_klines
+from rotation_fsm.tools.cli import main
 from tests.integration.harness import Stack
 
 pytestmark = pytest.mark.timeout(90)

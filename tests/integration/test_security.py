@@ -5,9 +5,9 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from rotation_fsm import reasons as R
-from rotation_fsm.acl import setuser_args, setuser_line
-from rotation_fsm.audit import entry_body
+from rotation_fsm.core import reasons as R
+from rotation_fsm.core.audit import entry_body
+from rotation_fsm.tools.acl import setuser_args, setuser_line
 from tests.integration.harness import API_KEY, API_SECRET, Stack
 
 pytestmark = pytest.mark.timeout(60)
@@ -63,7 +63,7 @@ async def test_the_engine_works_under_the_least_privilege_acl(
 
 async def test_http_binds_to_loopback_by_default(stack: Stack):
     running = await stack.start_engine()
-    from rotation_fsm.settings import load_settings
+    from rotation_fsm.core.settings import load_settings
 
     assert load_settings({}).http_host == "127.0.0.1"
     url = f"http://127.0.0.1:{running.http_port}/healthz"
@@ -85,7 +85,7 @@ async def test_bad_credentials_never_show_the_secret(stack: Stack, caplog):
 def test_the_readme_gives_the_acl_the_engine_is_tested_under(capsys, monkeypatch) -> None:
     from pathlib import Path
 
-    from rotation_fsm.cli import main
+    from rotation_fsm.tools.cli import main
 
     monkeypatch.setenv("ENGINE_REDIS_PASSWORD", "CHANGE-ME")
     assert main(["acl", "--password-env", "ENGINE_REDIS_PASSWORD"]) == 0

@@ -28,16 +28,16 @@ import yaml
 from redis.asyncio import Redis
 
 from rotation_fsm import __version__
-from rotation_fsm import reasons as R
-from rotation_fsm.cli import COMMANDS
-from rotation_fsm.keys import Keys
-from rotation_fsm.prometheus_config import find_prometheus
-from rotation_fsm.settings import load_settings
-from services.intent_simulator import IntentSimulator, SimConfig
-from services.intent_simulator import load_config as load_sim_config
-from services.paper_exchange.__main__ import load_config as load_paper_config
-from services.paper_exchange.apply import ApplyConfig, ApplyLoop, Outcome
-from services.paper_exchange.book import PaperBook
+from rotation_fsm.core import reasons as R
+from rotation_fsm.core.settings import load_settings
+from rotation_fsm.devkit.intent_simulator import IntentSimulator, SimConfig
+from rotation_fsm.devkit.intent_simulator import load_config as load_sim_config
+from rotation_fsm.devkit.paper_exchange.__main__ import load_config as load_paper_config
+from rotation_fsm.devkit.paper_exchange.apply import ApplyConfig, ApplyLoop, Outcome
+from rotation_fsm.devkit.paper_exchange.book import PaperBook
+from rotation_fsm.devkit.prometheus_config import find_prometheus
+from rotation_fsm.store.keys import Keys
+from rotation_fsm.tools.cli import COMMANDS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -224,7 +224,7 @@ class Lines:
 def stack_process() -> Iterator[tuple[subprocess.Popen[str], Lines]]:
     env = {**os.environ, "SIM_RATE": "5"}  # enough plans for both replicas in a few seconds
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rotation_fsm.cli", "stack", "--seconds", "6"],
+        [sys.executable, "-m", "rotation_fsm.tools.cli", "stack", "--seconds", "6"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
     )  # fmt: skip
     with proc:  # closes the pipe
@@ -298,7 +298,7 @@ def _active_targets(prometheus: str, count: int, timeout_s: float) -> list[dict[
 def test_stack_starts_prometheus_on_every_replica_and_the_exchange() -> None:
     assert find_prometheus(), "prometheus is missing: apt-get install -y prometheus"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rotation_fsm.cli", "stack", "--seconds", "60"],
+        [sys.executable, "-m", "rotation_fsm.tools.cli", "stack", "--seconds", "60"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
     )  # fmt: skip
     with proc:
@@ -326,7 +326,7 @@ def test_stack_starts_prometheus_on_every_replica_and_the_exchange() -> None:
 def test_demo_plays_the_four_scenarios_and_ends_with_a_summary() -> None:
     started = time.monotonic()
     demo = subprocess.run(
-        [sys.executable, "-m", "rotation_fsm.cli", "demo", "--seconds", "2"],
+        [sys.executable, "-m", "rotation_fsm.tools.cli", "demo", "--seconds", "2"],
         capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
     )  # fmt: skip
     took = time.monotonic() - started
@@ -508,10 +508,10 @@ async def test_the_simulator_seeds_the_universe_and_publishes_realistic_plans(
 @pytest.mark.parametrize(
     ("module", "variable", "value"),
     [
-        ("services.intent_simulator", "SIM_RATE", "fast"),
-        ("services.intent_simulator", "SIM_DUPLICATE_RATE", "1.5"),
-        ("services.paper_exchange", "PAPER_LOST_RATE", "-0.1"),
-        ("services.paper_exchange", "PAPER_REGIMES", "BTCUSDT=SIDEWAYS"),
+        ("rotation_fsm.devkit.intent_simulator", "SIM_RATE", "fast"),
+        ("rotation_fsm.devkit.intent_simulator", "SIM_DUPLICATE_RATE", "1.5"),
+        ("rotation_fsm.devkit.paper_exchange", "PAPER_LOST_RATE", "-0.1"),
+        ("rotation_fsm.devkit.paper_exchange", "PAPER_REGIMES", "BTCUSDT=SIDEWAYS"),
     ],
 )
 def test_a_bad_setting_exits_2_with_one_line_naming_it(module: str, variable: str, value: str):

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.timeout(60)
 
 def run_engine(**env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "rotation_fsm.cli", "run"],
+        [sys.executable, "-m", "rotation_fsm.tools.cli", "run"],
         env={**os.environ, "METRICS_PORT": "0", **env},
         capture_output=True,
         text=True,

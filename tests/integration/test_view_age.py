@@ -12,7 +12,7 @@ import contextlib
 
 import pytest
 
-from rotation_fsm import reasons as R
+from rotation_fsm.core import reasons as R
 from tests.integration.harness import Stack
 
 pytestmark = pytest.mark.timeout(60)

@@ -32,8 +32,8 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from rotation_fsm import reasons as R
-from rotation_fsm.decide import (
+from rotation_fsm.core import reasons as R
+from rotation_fsm.core.decide import (
     Ack,
     BadIn,
     DeadLetter,
@@ -41,15 +41,15 @@ from rotation_fsm.decide import (
     PlanIn,
     ResultIn,
 )
-from rotation_fsm.engine import BookEngine
-from rotation_fsm.exchange import ExchangeClient, ExchangeUnavailable
-from rotation_fsm.keys import Keys
-from rotation_fsm.listener import to_input
-from rotation_fsm.market import OPEN_QTY_EPSILON, Account, Kline, Position
-from rotation_fsm.memory import MemoryBook
-from rotation_fsm.messages import PLAN_BOOLS, PLAN_NUMBERS, RESULT_BOOLS, RESULT_NUMBERS
-from rotation_fsm.settings import Rules
-from rotation_fsm.store import Store
+from rotation_fsm.core.market import OPEN_QTY_EPSILON, Account, Kline, Position
+from rotation_fsm.core.memory import MemoryBook
+from rotation_fsm.core.messages import PLAN_BOOLS, PLAN_NUMBERS, RESULT_BOOLS, RESULT_NUMBERS
+from rotation_fsm.core.settings import Rules
+from rotation_fsm.runtime.engine import BookEngine
+from rotation_fsm.runtime.exchange import ExchangeClient, ExchangeUnavailable
+from rotation_fsm.runtime.listener import to_input
+from rotation_fsm.store.gateway import Store
+from rotation_fsm.store.keys import Keys
 from tests.stubs import NOW_MS, UNIVERSE, StubExchange, book_of, market, plan, rules
 
 META = (b"error", b"entry_id", b"stream")

@@ -50,8 +50,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from rotation_fsm import reasons as R
-from rotation_fsm.decide import (
+from rotation_fsm.core import reasons as R
+from rotation_fsm.core.decide import (
     Abort,
     Ack,
     BadIn,
@@ -68,15 +68,15 @@ from rotation_fsm.decide import (
     UnknownRotation,
     ViewAsOf,
 )
-from rotation_fsm.engine import needs_market
-from rotation_fsm.listener import to_input
-from rotation_fsm.machine import IllegalTransition
-from rotation_fsm.market import Account, Position
-from rotation_fsm.memory import MemoryBook
-from rotation_fsm.messages import Decision, Plan, Result
-from rotation_fsm.regime import Regime, RegimeReading
-from rotation_fsm.settings import Rules
-from rotation_fsm.snapshot import Market
+from rotation_fsm.core.machine import IllegalTransition
+from rotation_fsm.core.market import Account, Position
+from rotation_fsm.core.memory import MemoryBook
+from rotation_fsm.core.messages import Decision, Plan, Result
+from rotation_fsm.core.regime import Regime, RegimeReading
+from rotation_fsm.core.settings import Rules
+from rotation_fsm.core.snapshot import Market
+from rotation_fsm.runtime.engine import needs_market
+from rotation_fsm.runtime.listener import to_input
 from tests.stubs import NOW_MS, book_of, market, plan, position, result, rules
 from tests.stubs import UNIVERSE as STUB_UNIVERSE
 

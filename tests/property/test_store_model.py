@@ -37,8 +37,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from rotation_fsm import reasons as R
-from rotation_fsm.decide import (
+from rotation_fsm.core import reasons as R
+from rotation_fsm.core.decide import (
     Abort,
     BadIn,
     Decided,
@@ -50,17 +50,17 @@ from rotation_fsm.decide import (
     UnknownRotation,
     decide_batch,
 )
-from rotation_fsm.engine import BookEngine, fetch_market, needs_market
-from rotation_fsm.exchange import ExchangeUnavailable
-from rotation_fsm.keys import Keys
-from rotation_fsm.listener import to_input
-from rotation_fsm.machine import IllegalTransition
-from rotation_fsm.market import Account, Kline, Position
-from rotation_fsm.regime import HOUR_MS, Regime
-from rotation_fsm.settings import Rules
-from rotation_fsm.store import Store
-from rotation_fsm.timer import Timer
-from services.paper_exchange.book import synthetic_klines
+from rotation_fsm.core.machine import IllegalTransition
+from rotation_fsm.core.market import Account, Kline, Position
+from rotation_fsm.core.regime import HOUR_MS, Regime
+from rotation_fsm.core.settings import Rules
+from rotation_fsm.devkit.paper_exchange.book import synthetic_klines
+from rotation_fsm.runtime.engine import BookEngine, fetch_market, needs_market
+from rotation_fsm.runtime.exchange import ExchangeUnavailable
+from rotation_fsm.runtime.listener import to_input
+from rotation_fsm.runtime.timer import Timer
+from rotation_fsm.store.gateway import Store
+from rotation_fsm.store.keys import Keys
 from tests.stubs import NOW_MS, plan_fields
 
 T = TypeVar("T")

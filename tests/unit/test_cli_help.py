@@ -9,11 +9,11 @@ import os
 
 import pytest
 
-from rotation_fsm.acl import aclfile_line
-from rotation_fsm.acl import command as acl_command
-from rotation_fsm.cli import COMMANDS, build_parser, main
-from rotation_fsm.controls import target
-from rotation_fsm.settings import RULE_SPECS, load_settings
+from rotation_fsm.core.settings import RULE_SPECS, load_settings
+from rotation_fsm.runtime.controls import target
+from rotation_fsm.tools.acl import aclfile_line
+from rotation_fsm.tools.acl import command as acl_command
+from rotation_fsm.tools.cli import COMMANDS, build_parser, main
 
 
 def help_of(name: str) -> str:

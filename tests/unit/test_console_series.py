@@ -6,8 +6,8 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from rotation_fsm import reasons as R
-from rotation_fsm.keys import Keys
+from rotation_fsm.core import reasons as R
+from rotation_fsm.store.keys import Keys
 from rotation_fsm.web.series import STEP_S, WINDOW_S, console_series, quantile
 
 NOW_MS = 1_800_000_000_000  # a multiple of 5 s

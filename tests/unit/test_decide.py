@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from rotation_fsm import reasons as R
-from rotation_fsm.decide import BadIn, Market, PlanIn, ResultIn, Tick
-from rotation_fsm.memory import MemoryBook
-from rotation_fsm.settings import Rules
+from rotation_fsm.core import reasons as R
+from rotation_fsm.core.decide import BadIn, Market, PlanIn, ResultIn, Tick
+from rotation_fsm.core.memory import MemoryBook
+from rotation_fsm.core.settings import Rules
 from tests.stubs import (
     NOW_MS,
     UNIVERSE,
@@ -415,7 +415,7 @@ def test_a_reservation_past_its_ttl_counts_against_a_view_from_before_it_ran_out
 
 
 def test_the_plans_own_symbol_and_held_symbols_are_never_targets():
-    from rotation_fsm.slots import weakest
+    from rotation_fsm.core.slots import weakest
 
     positions = [position("AAA", -0.5), position("BBB", -0.4), position("CCC", 0.1)]
     assert weakest(positions, NOW_MS, excluded=frozenset({"AAA"})).symbol == "BBB"
@@ -426,7 +426,7 @@ def test_the_plans_own_symbol_and_held_symbols_are_never_targets():
 def test_a_day_old_position_is_weaker_by_the_penalty():
     young, old = position("AAA", -0.02), position("BBB", 0.02, age_h=25)
     assert old.weakness(NOW_MS) == pytest.approx(-0.02 + 0.05)
-    from rotation_fsm.slots import weakest
+    from rotation_fsm.core.slots import weakest
 
     assert weakest([young, old], NOW_MS, excluded=frozenset()).symbol == "BBB"
 

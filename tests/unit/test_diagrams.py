@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from rotation_fsm import diagram
-from rotation_fsm.machine import FINAL, State, edges
+from rotation_fsm.core.machine import FINAL, State, edges
+from rotation_fsm.tools import diagram
 
 DIAGRAMS = Path(__file__).resolve().parents[2] / "diagrams"
-REGENERATE = "regenerate with: python -m rotation_fsm.diagram --write diagrams/"
+REGENERATE = "regenerate with: python -m rotation_fsm.tools.diagram --write diagrams/"
 FORMATS = ["mermaid", "dot", "svg"]
 
 
@@ -94,7 +94,10 @@ def test_idle_is_initial_and_final_states_are_marked():
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_render_is_deterministic_across_processes(fmt):
-    code = f"import sys; from rotation_fsm.diagram import render; sys.stdout.write(render({fmt!r}))"
+    code = (
+        "import sys; from rotation_fsm.tools.diagram import render; "
+        f"sys.stdout.write(render({fmt!r}))"
+    )
     runs = {
         subprocess.run(
             [sys.executable, "-c", code],

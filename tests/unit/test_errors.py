@@ -5,7 +5,7 @@ import inspect
 import pkgutil
 
 import rotation_fsm
-from rotation_fsm.errors import RotationFsmError
+from rotation_fsm.core.errors import RotationFsmError
 
 
 def _own_exceptions() -> list[type[BaseException]]:
@@ -31,11 +31,13 @@ def test_every_public_exception_of_the_package_is_a_rotation_fsm_error():
         for e in exceptions
         if not issubclass(e, RotationFsmError)
     ]
-    assert strays == [], "derive each from rotation_fsm.errors.RotationFsmError (keep its own base)"
+    assert strays == [], (
+        "derive each from rotation_fsm.core.errors.RotationFsmError (keep its own base)"
+    )
 
 
 def test_an_error_still_is_what_it_was():
-    from rotation_fsm.decide import UnknownRotation
-    from rotation_fsm.settings import SettingError
+    from rotation_fsm.core.decide import UnknownRotation
+    from rotation_fsm.core.settings import SettingError
 
     assert issubclass(SettingError, ValueError) and issubclass(UnknownRotation, KeyError)

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from rotation_fsm import reasons as R
-from rotation_fsm.decide import PlanIn, gate, start_batch
-from rotation_fsm.explain import plan_facts
-from rotation_fsm.memory import MemoryBook
-from rotation_fsm.messages import Plan
-from rotation_fsm.settings import Rules
-from rotation_fsm.snapshot import Market
+from rotation_fsm.core import reasons as R
+from rotation_fsm.core.decide import PlanIn, gate, start_batch
+from rotation_fsm.core.memory import MemoryBook
+from rotation_fsm.core.messages import Plan
+from rotation_fsm.core.settings import Rules
+from rotation_fsm.core.snapshot import Market
+from rotation_fsm.tools.explain import plan_facts
 from tests.stubs import NOW_MS, UNIVERSE, book_of, exchange_down, market, plan, position, rules
 
 

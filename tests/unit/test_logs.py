@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from rotation_fsm.logs import SECRETS, mask_credentials, setup_logging
-from rotation_fsm.machine import State, fire
-from rotation_fsm.settings import SettingError, load_settings
+from rotation_fsm.core.logs import SECRETS, mask_credentials, setup_logging
+from rotation_fsm.core.machine import State, fire
+from rotation_fsm.core.settings import SettingError, load_settings
 
 FORGED = "p1\r\n2026-12-07 01:00:00,000 INFO rotation_fsm: ALLOW plan=forged"
 

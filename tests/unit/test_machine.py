@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from rotation_fsm.machine import (
+from rotation_fsm.core.machine import (
     FINAL,
     IN_FLIGHT,
     IllegalTransition,

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rotation_fsm.messages import (
+from rotation_fsm.core.messages import (
     BadEntry,
     RotationRecord,
     parse_plan,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rotation_fsm import CONTRACT_VERSION, __version__
-from rotation_fsm.cli import main
+from rotation_fsm.tools.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 

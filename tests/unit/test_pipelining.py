@@ -6,11 +6,11 @@ import json
 import fakeredis
 import pytest
 
-from rotation_fsm import reasons as R
-from rotation_fsm.decide import PlanIn
-from rotation_fsm.engine import BookEngine
-from rotation_fsm.keys import Keys
-from rotation_fsm.store import Store
+from rotation_fsm.core import reasons as R
+from rotation_fsm.core.decide import PlanIn
+from rotation_fsm.runtime.engine import BookEngine
+from rotation_fsm.store.gateway import Store
+from rotation_fsm.store.keys import Keys
 from tests.stubs import NOW_MS, UNIVERSE, StubExchange, book_of, plan, rules
 
 

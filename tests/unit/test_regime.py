@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rotation_fsm.market import Kline
-from rotation_fsm.regime import (
+from rotation_fsm.core.market import Kline
+from rotation_fsm.core.regime import (
     HOUR_MS,
     MIN_KLINES,
     WINDOW,

@@ -13,10 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from rotation_fsm import reasons as R
-from rotation_fsm.audit import SettingChange, batch_entry, parse_entry, seed_of, setting_entry
-from rotation_fsm.decide import Abort, BookView, Input, Market, PlanIn, ResultIn, Tick, decide_batch
-from rotation_fsm.replay import (
+from rotation_fsm.core import reasons as R
+from rotation_fsm.core.audit import SettingChange, batch_entry, parse_entry, seed_of, setting_entry
+from rotation_fsm.core.decide import (
+    Abort,
+    BookView,
+    Input,
+    Market,
+    PlanIn,
+    ResultIn,
+    Tick,
+    decide_batch,
+)
+from rotation_fsm.core.settings import Rules
+from rotation_fsm.tools.replay import (
     Recorded,
     Unreadable,
     command,
@@ -28,7 +38,6 @@ from rotation_fsm.replay import (
     replay,
     stream_bound,
 )
-from rotation_fsm.settings import Rules
 from tests.stubs import NOW_MS, UNIVERSE, book_of, market, plan, result, rules
 
 TTL_S = 2.0
@@ -290,7 +299,7 @@ def test_a_dump_range_selects_audit_entries_by_id():
 
 
 def test_explain_sees_what_earlier_entries_of_the_same_batch_did():
-    from rotation_fsm.explain import because, moments
+    from rotation_fsm.tools.explain import because, moments
 
     rec = Recorder(rules())
     two = market(*book_of(2))
@@ -311,7 +320,7 @@ def test_explain_sees_what_earlier_entries_of_the_same_batch_did():
 
 
 def test_explain_gives_the_threshold_numbers_of_a_refused_rotation():
-    from rotation_fsm.explain import because, moments
+    from rotation_fsm.tools.explain import because, moments
 
     rec = Recorder(rules(rotation_threshold=0.5))
     rec.view.entry_confidence = {s.symbol: 0.8 for s in book_of(3)}
@@ -327,7 +336,7 @@ def test_explain_gives_the_threshold_numbers_of_a_refused_rotation():
 
 
 def test_explain_tells_a_plan_for_a_symbol_being_rotated_out_why_it_waits():
-    from rotation_fsm.explain import because, moments
+    from rotation_fsm.tools.explain import because, moments
 
     rec = Recorder(rules())
     full = market(*book_of(3))

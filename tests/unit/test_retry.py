@@ -2,7 +2,7 @@
 
 import asyncio
 
-from rotation_fsm.retry import Backoff, wait_or_stop
+from rotation_fsm.store.retry import Backoff, wait_or_stop
 
 
 def test_each_wait_lies_between_half_and_all_of_its_doubling_step():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rotation_fsm.settings import SettingError, load_settings
+from rotation_fsm.core.settings import SettingError, load_settings
 
 
 def test_a_secret_file_is_read_without_its_trailing_newline(tmp_path: Path):

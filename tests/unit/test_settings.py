@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from rotation_fsm.settings import (
+from rotation_fsm.core.settings import (
     RULE_SPECS,
     SettingError,
     load_settings,

@@ -8,10 +8,10 @@ import json
 import fakeredis
 import pytest
 
-from rotation_fsm import reasons as R
-from rotation_fsm.decide import Market, PlanIn, ResultIn, Tick, decide_batch
-from rotation_fsm.keys import Keys
-from rotation_fsm.store import CommitRefused, Store
+from rotation_fsm.core import reasons as R
+from rotation_fsm.core.decide import Market, PlanIn, ResultIn, Tick, decide_batch
+from rotation_fsm.store.gateway import CommitRefused, Store
+from rotation_fsm.store.keys import Keys
 from tests.stubs import NOW_MS, UNIVERSE, book_of, market, plan, result, rules
 
 

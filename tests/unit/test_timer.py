@@ -3,10 +3,10 @@
 import fakeredis
 import pytest
 
-from rotation_fsm.engine import BookEngine
-from rotation_fsm.keys import Keys
-from rotation_fsm.store import Store
-from rotation_fsm.timer import MIN_PAUSE_S, Timer
+from rotation_fsm.runtime.engine import BookEngine
+from rotation_fsm.runtime.timer import MIN_PAUSE_S, Timer
+from rotation_fsm.store.gateway import Store
+from rotation_fsm.store.keys import Keys
 from tests.stubs import NOW_MS, StubExchange, rules
 
 

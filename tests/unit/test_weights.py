@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from rotation_fsm.weights import MINUTE_MS, RateLimited, WeightBudget, request_weight
+from rotation_fsm.runtime.weights import MINUTE_MS, RateLimited, WeightBudget, request_weight
 
 START_MS = 1_770_000_000_000 // MINUTE_MS * MINUTE_MS + 1_000  # early in a minute
 
