@@ -34,6 +34,7 @@ from ..core.settings import (
     validate_rule,
 )
 from ..core.timeline import iso_ms, to_json
+from ..store.connections import connect
 from ..store.gateway import AnyRedis, Store
 from ..store.keys import Keys
 from ..store.live_settings import live_value, read_live, write_change
@@ -207,8 +208,6 @@ async def _act(controls: Controls, args: Any) -> str:
 
 
 async def _run(args: Any) -> str:
-    from .service import connect
-
     settings = _settings_for(args)
     redis = connect(settings)
     keys = Keys(book=settings.book, streams=settings.streams)

@@ -8,7 +8,6 @@ and every `claim_idle_ms / 2`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Iterable
@@ -87,14 +86,6 @@ class Listener:
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Read → decide → commit until `stop` is set; a batch in progress finishes."""
-        await self.ensure_groups()
-        await self.run_once(pending=True)
-        while not stop.is_set():
-            await self.run_once(block_ms=self.block_ms)
-        await self.engine.flush()
 
     async def run_once(self, *, block_ms: int | None = None, pending: bool = False) -> int:
         """One read (new entries, or this consumer's own pending ones) and any due

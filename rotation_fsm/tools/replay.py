@@ -42,6 +42,7 @@ from ..core.memory import MemoryBook
 from ..core.messages import RotationRecord, as_text, fields_text
 from ..core.settings import RULE_SPECS, Rules, SettingError, Settings, load_settings, rules_from
 from ..core.timeline import iso_ms, listing, state_changes, table, to_json
+from ..store.connections import connect
 from ..store.gateway import AnyRedis
 from ..store.keys import Keys
 from ..store.stream_pages import scan_stream
@@ -76,8 +77,6 @@ def settings_for(args: Any) -> Settings:
 
 def open_book(settings: Settings) -> tuple[AnyRedis, Keys]:
     """A client (raw bytes replies) and the key names of the book `settings` name."""
-    from ..runtime.service import connect  # the shell's client: same retry and timeouts as `run`
-
     return connect(settings), Keys(book=settings.book, streams=settings.streams)
 
 
