@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from ..core import reasons as R
 from ..core.audit import batch_entry, seed_of
@@ -89,16 +89,20 @@ async def fetch_market(
     # latency per batch instead of three (klines are cached per closed hour anyway).
     asked = sorted(set(symbols))
     account_call = exchange.account() if rules.margin_gate_on else _no_account()
-    positions, account, *first = await asyncio.gather(
+    answered = await asyncio.gather(
         exchange.positions(),
         account_call,
         *(exchange.klines(s) for s in asked),
         return_exceptions=True,
     )
+    # gather types its answers as the union of every call's: each is what its call gives
+    positions = cast("list[Position] | BaseException", answered[0])
+    account = cast("Account | BaseException | None", answered[1])
+    first = cast("list[list[Kline] | BaseException]", answered[2:])
     if isinstance(positions, BaseException):  # any failure of the exchange fails closed
         return Market(positions=None, positions_error=str(positions), as_of_ms=as_of_ms)
     account_error = str(account) if isinstance(account, BaseException) else ""
-    klines = dict(zip(asked, first, strict=True))
+    klines: dict[str, list[Kline] | BaseException] = dict(zip(asked, first, strict=True))
     if rules.correlation_gate_on:  # every open position's klines too
         more = sorted({p.symbol for p in positions} - set(asked))
         answers = await asyncio.gather(*(exchange.klines(s) for s in more), return_exceptions=True)
@@ -398,10 +402,6 @@ class BookEngine:
             counter(counted, now_ms)
         for observer in self.observers:
             observer(effects, now_ms)
-
-    async def view(self) -> BookView:
-        """The book's current state (no inputs): for status pages."""
-        return await self.store.load([], Market(), whole=True)
 
 
 def describe(effect: Effect) -> str | None:
