@@ -720,7 +720,8 @@ async def unacked(redis: Redis, stream: str, logical: str, group: str) -> list[s
     ids = [as_text_lenient(p["message_id"]) for p in pending]
     info = {as_text_lenient(g["name"]): g for g in await redis.xinfo_groups(stream)}
     last = as_text_lenient(info[group]["last-delivered-id"]) if group in info else "0-0"
-    ids += [as_text_lenient(eid) for eid, _ in await redis.xrange(stream, min=f"({last}", max="+")]
+    after: list[Any] = await redis.xrange(stream, min=f"({last}", max="+") or []
+    ids += [as_text_lenient(eid) for eid, _ in after]
     return [f"{logical} {eid}" for eid in ids]
 
 
@@ -933,7 +934,7 @@ class _Recorder:
         return entry_id
 
     async def hset(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._redis.hset(*args, **kwargs)  # type: ignore[misc]
+        return await self._redis.hset(*args, **kwargs)
 
 
 def malformed(n: int) -> tuple[str, dict[Any, Any]]:

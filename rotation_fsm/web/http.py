@@ -16,6 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..core.machine import IN_FLIGHT
+from ..core.messages import as_text
 from ..core.settings import Number, SettingError, count
 from ..runtime.account_view import POLLING, STARTING, STREAM, AccountView
 from ..runtime.book_gauges import read_book_gauges
@@ -151,8 +152,8 @@ async def rotations(request: web.Request) -> web.Response:
 
 async def _book_rotations(store: Store, limit: int) -> dict[str, Any]:
     k = store.keys
-    inflight = sorted(m.decode() for m in await store.redis.smembers(k.inflight))
-    recent = [m.decode() for m in await store.redis.zrevrange(k.finished, 0, limit - 1)]
+    inflight = sorted(as_text(m) for m in await store.redis.smembers(k.inflight))
+    recent = [as_text(m) for m in await store.redis.zrevrange(k.finished, 0, limit - 1)]
     records = []
     for rotation_id in [*inflight, *recent]:
         rec = await store.rotation(rotation_id)

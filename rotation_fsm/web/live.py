@@ -25,7 +25,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -179,7 +179,7 @@ def _end(queue: asyncio.Queue[Chunk]) -> None:
     queue.put_nowait(None)
 
 
-async def sse_messages(queue: asyncio.Queue[Chunk], hub: Hub) -> AsyncIterator[bytes]:
+async def sse_messages(queue: asyncio.Queue[Chunk], hub: Hub) -> AsyncGenerator[bytes, None]:
     """The bytes of one page's event stream (`queue` from `hub.subscribe()`): a
     hello, then every chunk (heartbeats included) until the stream ends."""
     try:

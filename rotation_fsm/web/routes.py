@@ -81,9 +81,8 @@ async def page(request: web.Request) -> web.FileResponse:
 
 
 async def books(request: web.Request) -> web.Response:
-    return web.json_response(
-        {"books": list(request.app[STORES]), "controls": request.app[CONTROLS_ON]}
-    )
+    stores = request.app[STORES]
+    return web.json_response({"books": list(stores), "controls": request.app[CONTROLS_ON]})
 
 
 async def _json_or_503(make: Callable[[], Awaitable[Any]]) -> web.Response:
@@ -147,7 +146,7 @@ async def decisions(request: web.Request) -> web.Response:
     before = request.query.get("before", "")
     if before and not re.fullmatch(r"\d{1,15}-\d{1,15}", before):
         raise bad_request(f"before={before!r}: expected a stream entry id")
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "from_ms": _ms_param(request, "from"),
         "to_ms": _ms_param(request, "to"),
         "reason": request.query.get("reason", ""),
@@ -160,7 +159,7 @@ async def decisions(request: web.Request) -> web.Response:
 async def finished(request: web.Request) -> web.Response:
     """A page of finished rotations: `from`/`to` (ms), `state`, `offset`, `limit`."""
     redis, keys = _book(request)
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "from_ms": _ms_param(request, "from"),
         "to_ms": _ms_param(request, "to"),
         "state": request.query.get("state", ""),

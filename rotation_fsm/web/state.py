@@ -7,7 +7,7 @@ the last hour and recent decisions with their latency.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from ..core.messages import RotationRecord, as_text_lenient, fields_text, rotation_from_hash
 from ..store.gateway import AnyRedis
@@ -72,7 +72,7 @@ def _decision_row(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
 
 async def recent_decisions(redis: AnyRedis, keys: Keys, count: int) -> list[dict[str, Any]]:
     """The newest `count` decisions, newest first."""
-    rows = await redis.xrevrange(keys.decisions, count=count)
+    rows = cast("list[Any]", await redis.xrevrange(keys.decisions, count=count))
     return [
         _decision_row(
             as_text_lenient(eid),
@@ -111,7 +111,9 @@ async def decision_page(
     rows: list[dict[str, Any]] = []
     scanned, cursor = 0, ""
     while len(rows) < limit and scanned < SCAN_CAP:
-        page = await redis.xrevrange(keys.decisions, max=high, min=low, count=_READ)
+        page = cast(
+            "list[Any]", await redis.xrevrange(keys.decisions, max=high, min=low, count=_READ)
+        )
         exhausted = len(page) < _READ  # nothing older in the range after this page
         for i, (eid, fields) in enumerate(page):
             scanned += 1

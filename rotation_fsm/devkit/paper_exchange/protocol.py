@@ -104,7 +104,9 @@ async def _count_and_fault(request: web.Request, handler: Handler) -> web.Stream
             if status == 429
             else (-1003, "Way too many requests; IP banned.")
         )
-        response = _error(status, code, msg, **{"Retry-After": retry_after_text(retry_s)})
+        response: web.StreamResponse = _error(
+            status, code, msg, **{"Retry-After": retry_after_text(retry_s)}
+        )
     else:
         if book.answer_delay_s > 0:
             await asyncio.sleep(book.answer_delay_s)
