@@ -13,7 +13,7 @@ from .core.settings import Rules, SettingError, Settings, load_settings
 __version__ = "0.2.0"
 #: the version of the external contract (streams, keys, fields, reasons, settings,
 #: commands) this build speaks; it changes only with docs/contract.md
-CONTRACT_VERSION = "1.2"
+CONTRACT_VERSION = "1.3"
 
 __all__ = [
     "CONTRACT_VERSION",
