@@ -125,12 +125,14 @@ class Hub:
 
     async def _follow(self) -> None:
         """Follow every book's streams from now on, while anyone listens."""
-        cursors = {(book, kind): "$" for book in self.stores for kind in KINDS}
+        cursors: dict[tuple[str, str], str] = {}
         delay = 0.2
         while self.subscribers:
             began = time.monotonic()
             try:
                 for book, store in self.stores.items():
+                    if (book, KINDS[0]) not in cursors:
+                        cursors.update(await _tails(book, store))
                     await self.publish(await self._read_book(book, store, cursors))
                 delay = 0.2
             except RedisError as exc:  # an outage: say so, and try again
@@ -170,6 +172,21 @@ class Hub:
                     message["fields"] = fields_text(fields, "replace")
                 messages.append(message)
         return messages
+
+
+async def _tails(book: str, store: Store) -> dict[tuple[str, str], str]:
+    """Each stream's newest entry id now ("0-0" when empty): where following starts.
+
+    Never "$" as a cursor kept between reads: "$" means "after whatever is newest when
+    this XREAD runs", so a stream that stayed quiet in one read would lose every entry
+    written before the next one (between reads the hub sleeps)."""
+    keys = store.keys
+    names = {"decisions": keys.decisions, "events": keys.events, "audit": keys.audit}
+    tails: dict[tuple[str, str], str] = {}
+    for kind, name in names.items():
+        newest: Any = await store.redis.xrevrange(name, count=1)
+        tails[(book, kind)] = as_text_lenient(newest[0][0]) if newest else "0-0"
+    return tails
 
 
 def _end(queue: asyncio.Queue[Chunk]) -> None:
