@@ -48,8 +48,9 @@ async def shoot(seconds: float) -> None:
     env = {**os.environ, "SIM_RATE": "3", "GOV_ROTATION_LOCK_TTL": "8", "PAPER_LOST_RATE": "0.15"}
     log = Path(tempfile.mkdtemp()) / "stack.log"
     with log.open("w") as out:
+        command = [sys.executable, "-m", "rotation_fsm.tools.cli", "stack"]
         stack = subprocess.Popen(
-            [sys.executable, "-m", "rotation_fsm.tools.cli", "stack", "--seconds", str(seconds + 60)],
+            [*command, "--seconds", str(seconds + 60)],
             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
         )  # fmt: skip
     try:
